@@ -1,1 +1,19 @@
-"""AlexNet (Krizhevsky, Sutskever & Hinton, NeurIPS 2012) in Keras 3 on TensorFlow."""
+"""AlexNet (Krizhevsky, Sutskever & Hinton, NeurIPS 2012) in Keras 3 on TensorFlow.
+
+    import alexnet_tf
+    model = alexnet_tf.build_alexnet()            # the paper's two-tower network
+    alexnet_tf.load_npy_weights(model, "bvlc_alexnet.npy")
+"""
+
+from alexnet_tf.layers import LocalResponseNormalization, OnDevice
+from alexnet_tf.model import build_alexnet, conv1_kernel
+from alexnet_tf.weights import load_npy_weights, save_npy_weights
+
+__all__ = [
+    "LocalResponseNormalization",
+    "OnDevice",
+    "build_alexnet",
+    "conv1_kernel",
+    "load_npy_weights",
+    "save_npy_weights",
+]

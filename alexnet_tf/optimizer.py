@@ -1,0 +1,78 @@
+"""The paper's optimizer: SGD with momentum and weight decay inside the gradient step."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+# Section 5: "batch size of 128 examples, momentum of 0.9, and weight decay of 0.0005";
+# "The learning rate was initialized at 0.01".
+LEARNING_RATE = 0.01
+MOMENTUM = 0.9
+WEIGHT_DECAY = 5e-4
+
+
+@keras.saving.register_keras_serializable(package="alexnet_tf")
+class PaperSGD(keras.optimizers.SGD):
+    """SGD with the update rule of section 5 of the paper, for learning rate eps:
+
+        v <- 0.9 * v - 0.0005 * eps * w - eps * dL/dw
+        w <- w + v
+
+    That is Keras' momentum SGD applied to the gradient dL/dw + weight_decay * w: the decay is
+    part of the gradient step and is carried by the momentum (L2 regularization). It is not
+    Keras' `weight_decay` argument, which is decoupled (w <- w - eps * decay * w outside the
+    momentum, as AdamW). The decay applies to weights (kernels), not biases, as in the paper's
+    cuda-convnet, whose layers take weight decay for weights only.
+
+    Placement: each update runs on its variable's device, and each momentum slot is created on
+    its variable's device. Keras builds the optimizer inside the traced train step when no
+    distribution strategy is set, and its `colocate_vars_with` is a graph colocation that
+    `tf.Variable`'s init scope drops: without this, both towers' slots and update arithmetic
+    land on the first device.
+
+    Args:
+        learning_rate: a float (the plateau schedule assigns to it).
+        momentum: the momentum coefficient.
+        weight_decay_l2: the decay coefficient inside the gradient step (0.0005 in the paper).
+    """
+
+    def __init__(
+        self,
+        learning_rate: float = LEARNING_RATE,
+        momentum: float = MOMENTUM,
+        weight_decay_l2: float = WEIGHT_DECAY,
+        name: str = "paper_sgd",
+        **kwargs: Any,
+    ):
+        super().__init__(learning_rate=learning_rate, momentum=momentum, name=name, **kwargs)
+        self.weight_decay_l2 = float(weight_decay_l2)
+
+    def add_variable_from_reference(self, reference_variable, name=None, initializer="zeros"):
+        with _on_device_of(reference_variable):
+            return super().add_variable_from_reference(
+                reference_variable, name=name, initializer=initializer
+            )
+
+    def update_step(self, gradient, variable, learning_rate):
+        with _on_device_of(variable):
+            if self.weight_decay_l2 and len(variable.shape) > 1:
+                gradient = tf.cast(gradient, variable.dtype)
+                gradient = gradient + tf.cast(self.weight_decay_l2, variable.dtype) * variable
+            super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "weight_decay_l2": self.weight_decay_l2}
+
+
+def _on_device_of(variable) -> contextlib.AbstractContextManager:
+    """`tf.device` of a variable placed by hand; no scope under a distribution strategy,
+    which places its own variables and updates."""
+    if tf.distribute.has_strategy():
+        return contextlib.nullcontext()
+    if isinstance(variable, keras.Variable):
+        variable = variable.value
+    return tf.device(variable.device)

@@ -1,0 +1,92 @@
+"""LocalResponseNormalization against the paper's formula; OnDevice wrapper basics."""
+
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alexnet_tf.layers import LocalResponseNormalization, OnDevice
+
+
+def lrn_reference(a: np.ndarray, n: int, k: float, alpha: float, beta: float) -> np.ndarray:
+    """Section 3.3 of the paper, written out loop by loop over channels."""
+    channels = a.shape[-1]
+    b = np.empty_like(a, dtype=np.float64)
+    for i in range(channels):
+        lo, hi = max(0, i - n // 2), min(channels - 1, i + n // 2)
+        s = np.sum(a[..., lo : hi + 1].astype(np.float64) ** 2, axis=-1)
+        b[..., i] = a[..., i] / (k + alpha * s) ** beta
+    return b
+
+
+@pytest.mark.parametrize(
+    "n, k, alpha, beta",
+    [(5, 2.0, 1e-4, 0.75), (5, 1.0, 2e-5, 0.75), (3, 1.5, 0.3, 0.5)],
+)
+def test_lrn_matches_the_papers_formula(n, k, alpha, beta):
+    rng = np.random.default_rng(0)
+    # Activations of the size ReLU outputs reach, so that alpha * sum is not negligible.
+    a = rng.uniform(0, 60, size=(2, 4, 5, 11)).astype(np.float32)
+    layer = LocalResponseNormalization(depth=n, k=k, alpha=alpha, beta=beta)
+    got = keras.ops.convert_to_numpy(layer(a))
+    np.testing.assert_allclose(got, lrn_reference(a, n, k, alpha, beta), rtol=1e-5)
+
+
+def test_lrn_defaults_are_the_papers_constants():
+    layer = LocalResponseNormalization()
+    assert (layer.depth, layer.k, layer.alpha, layer.beta) == (5, 2.0, 1e-4, 0.75)
+
+
+def test_lrn_caffe_convention_is_alpha_over_n():
+    # Caffe's bvlc_alexnet: k=1, alpha=1e-4 scaling the *mean* of the 5 squares.
+    a = np.full((1, 1, 1, 5), 30.0, np.float32)
+    layer = LocalResponseNormalization(depth=5, k=1.0, alpha=1e-4 / 5, beta=0.75)
+    mean_square = np.mean(a[0, 0, 0, 0:3] ** 2)  # channel 0 sees channels 0..2, divided by n=5
+    caffe = 30.0 / (1 + 1e-4 / 5 * 3 * mean_square) ** 0.75
+    assert keras.ops.convert_to_numpy(layer(a))[0, 0, 0, 0] == pytest.approx(caffe, rel=1e-6)
+
+
+def test_lrn_rejects_even_depth():
+    with pytest.raises(ValueError, match="odd"):
+        LocalResponseNormalization(depth=4)
+
+
+def test_lrn_config_round_trip():
+    layer = LocalResponseNormalization(depth=3, k=1.0, alpha=2e-5, beta=0.5, name="n")
+    clone = LocalResponseNormalization.from_config(layer.get_config())
+    assert (clone.depth, clone.k, clone.alpha, clone.beta, clone.name) == (3, 1.0, 2e-5, 0.5, "n")
+
+
+def test_on_device_is_transparent_and_serializable():
+    inner = keras.layers.Dense(3, name="d")
+    wrapped = OnDevice(inner, "/CPU:1")
+    assert wrapped.name == "d" and not wrapped.supports_jit
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    np.testing.assert_allclose(wrapped(x), inner(x))
+    clone = OnDevice.from_config(wrapped.get_config())
+    assert clone.device == "/CPU:1" and clone.layer.units == 3
+    assert OnDevice(keras.layers.Dense(3), None).supports_jit
+
+
+def test_on_device_gradient_equals_the_plain_layer_gradient():
+    keras.utils.set_random_seed(0)
+    inner = keras.layers.Conv2D(4, 3, activation="relu")
+    x = tf.random.normal((2, 7, 7, 3))
+    inner(x)
+    for device in (None, "/CPU:1"):
+        wrapped = OnDevice(inner, device)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            y = tf.reduce_sum(wrapped(x) ** 2)
+        with tf.GradientTape(persistent=True) as plain_tape:
+            plain_tape.watch(x)
+            plain = tf.reduce_sum(inner(x) ** 2)
+        targets = [x, inner.kernel.value, inner.bias.value]
+        for got, want in zip(tape.gradient(y, targets), plain_tape.gradient(plain, targets)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
