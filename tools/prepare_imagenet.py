@@ -1,0 +1,66 @@
+"""Prepares ImageNet (or any ILSVRC-layout folder or TFDS image data set) for training.
+
+  python tools/prepare_imagenet.py --input_dir=SRC --output_dir=DST [--stored_size=256]
+
+SRC is a folder holding train/<wnid>/*.JPEG and optionally val/<wnid>/*.JPEG or a flat val/ (labelled by
+--val_labels), or `tfds:NAME` (e.g. tfds:imagenet2012). DST receives TFRecord shards of images stored as in
+Section 2 of the paper (shorter side rescaled to --stored_size, centre square, JPEG), labels.txt and
+dataset_info.json; training and evaluation take --data_dir=DST. Rerunning the same command resumes an
+interrupted preparation. Undecodable files are skipped and listed at the end.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+
+from alexnet_tf import input_pipeline, prepare  # noqa: E402
+
+_INPUT_DIR = flags.DEFINE_string("input_dir", None, "ILSVRC-layout folder (train/, val/) or tfds:NAME.",
+                                 required=True)
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder to write the prepared data set to.", required=True)
+_STORED_SIZE = flags.DEFINE_integer("stored_size", input_pipeline.IMAGENET_STORED_SIZE,
+                                    "Side in pixels of the stored square images (256 in the paper).",
+                                    lower_bound=8)
+_JPEG_QUALITY = flags.DEFINE_integer("jpeg_quality", prepare.DEFAULT_JPEG_QUALITY,
+                                     "JPEG quality of the stored images.", lower_bound=1, upper_bound=100)
+_IMAGES_PER_SHARD = flags.DEFINE_integer("images_per_shard", prepare.DEFAULT_IMAGES_PER_SHARD,
+                                         "Images per TFRecord shard.", lower_bound=1)
+_NUM_THREADS = flags.DEFINE_integer("num_threads", 0, "Shards written in parallel; 0 = one per CPU core.",
+                                    lower_bound=0)
+_VAL_LABELS = flags.DEFINE_string("val_labels", None,
+                                  "Ground truth for a flat val/ folder: one wnid per line in file-name order, "
+                                  "or `file wnid` lines (e.g. LOC_val_solution.csv).")
+_NAMES_FILE = flags.DEFINE_string("names_file", None,
+                                  "`wnid name` lines (e.g. LOC_synset_mapping.txt) naming the classes in "
+                                  "labels.txt; without it the name is the wnid.")
+_SEED = flags.DEFINE_integer("seed", prepare.DEFAULT_SHUFFLE_SEED, "Seed of the training shard order.")
+
+flags.register_validator(
+    "input_dir", lambda v: v is None or v.startswith(input_pipeline.TFDS_PREFIX) or os.path.isdir(v),
+    message="--input_dir must be an existing folder or tfds:NAME")
+for _name in ("val_labels", "names_file"):
+    flags.register_validator(_name, lambda v: v is None or os.path.isfile(v), message=f"--{_name}: no such file")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        reports = prepare.prepare(
+            _INPUT_DIR.value, _OUTPUT_DIR.value, stored_size=_STORED_SIZE.value, jpeg_quality=_JPEG_QUALITY.value,
+            images_per_shard=_IMAGES_PER_SHARD.value, num_threads=_NUM_THREADS.value or None,
+            val_labels=_VAL_LABELS.value, names_file=_NAMES_FILE.value, seed=_SEED.value)
+    except (FileNotFoundError, ValueError) as error:
+        sys.exit(f"prepare_imagenet: {error}")
+    for split, report in reports.items():
+        logging.info("%s: %d images in %d shards, %d skipped", split, report.num_examples, report.num_shards,
+                     len(report.skipped))
+    print(f"Prepared {_OUTPUT_DIR.value}: " + ", ".join(
+        f"{split} {r.num_examples} images ({len(r.skipped)} skipped)" for split, r in reports.items()))
+
+
+if __name__ == "__main__":
+    app.run(main)
