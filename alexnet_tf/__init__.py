@@ -5,9 +5,13 @@
     alexnet_tf.load_npy_weights(model, "bvlc_alexnet.npy")
 """
 
-from alexnet_tf.layers import LocalResponseNormalization, OnDevice
-from alexnet_tf.model import build_alexnet, conv1_kernel
-from alexnet_tf.weights import load_npy_weights, save_npy_weights
+from alexnet_tf import quiet
+
+quiet.import_tensorflow()  # Before anything imports TensorFlow: see alexnet_tf/quiet.py.
+
+from alexnet_tf.layers import LocalResponseNormalization, OnDevice  # noqa: E402
+from alexnet_tf.model import build_alexnet, conv1_kernel  # noqa: E402
+from alexnet_tf.weights import load_npy_weights, save_npy_weights  # noqa: E402
 
 __all__ = [
     "LocalResponseNormalization",

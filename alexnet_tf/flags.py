@@ -29,6 +29,12 @@ def define_flags() -> None:
     _define_data_flags()
     _define_training_flags()
     _define_evaluation_flags()
+    flags.register_multi_flags_validator(
+        ["data_dir", "demo"],
+        lambda v: v["data_dir"] is None or v["demo"] or v["data_dir"].startswith(input_pipeline.TFDS_PREFIX)
+        or os.path.isdir(v["data_dir"]),
+        "--data_dir must be an existing directory or tfds:NAME (prepare one with: "
+        "python tools/prepare_imagenet.py --input_dir=SRC --output_dir=DST)")
 
 
 def _define_model_flags() -> None:
@@ -71,9 +77,6 @@ def _define_data_flags() -> None:
                       "Channel order fed to the network (BGR for Caffe's weights).")
     flags.DEFINE_boolean("pca_noise", True, "PCA colour noise in training (section 4.1).")
     flags.DEFINE_integer("shuffle_buffer", input_pipeline.DEFAULT_SHUFFLE_BUFFER, "Training shuffle buffer, examples.")
-    flags.register_validator("data_dir", lambda v: v is None or v.startswith(input_pipeline.TFDS_PREFIX)
-                             or os.path.isdir(v), "--data_dir must be an existing directory or tfds:NAME "
-                             "(prepare one with: python tools/prepare_imagenet.py --input_dir=SRC --output_dir=DST)")
     flags.register_validator("shuffle_buffer", lambda v: v >= 1, "--shuffle_buffer must be >= 1")
 
 

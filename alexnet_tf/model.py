@@ -51,6 +51,7 @@ DROPOUT_RATE = 0.5  # Section 4.2.
 # Section 3.4: overlapping pooling, z=3 and s=2; the ablation uses z=s=2.
 POOLING = {"overlapping": (3, 2), "non_overlapping": (2, 2)}
 TOWER_SUFFIXES = ("a", "b")
+PIXEL_STDDEV = 58.0  # ImageNet's per-channel RGB standard deviation on the 0-255 scale, roughly.
 
 
 def build_alexnet(
@@ -96,8 +97,9 @@ def build_alexnet(
         activation: "relu" or "tanh" (section 3.1, Figure 1).
         dropout: rate on fc6 and fc7 (0 disables).
         init: "paper" (N(0, 0.01) weights, biases 1 in conv2, conv4, conv5, fc6 and fc7, else
-            0), or "he" (He-normal weights, zero biases: trains from scratch without the loss
-            sticking at ln(num_classes) that the paper's init can cause in reproductions).
+            0), or "he" (He-normal weights, conv1's scaled for 0-255 pixels, zero biases: trains
+            from scratch without the loss sticking at ln(num_classes) that the paper's init can
+            cause in reproductions).
         conv1_padding: "auto" (see the module docstring), or pixels of zero padding per side.
         seed: seeds the initializers (layer i gets seed + i); None uses Keras' global seed.
         name: the model's name.
@@ -221,7 +223,11 @@ def _scaled(count: int, width: float) -> int:
 
 def _initializers(base: str, init: str, seed: int | None) -> dict[str, Any]:
     if init == "he":
-        return {"kernel_initializer": keras.initializers.HeNormal(seed), "bias_initializer": "zeros"}
+        # He-normal assumes unit-variance inputs; conv1 reads pixels on the 0-255 scale, so its
+        # variance is divided by the pixels' (ImageNet's RGB standard deviation is about 58).
+        scale = 2.0 / PIXEL_STDDEV**2 if base == "conv1" else 2.0
+        kernel = keras.initializers.VarianceScaling(scale, "fan_in", "truncated_normal", seed)
+        return {"kernel_initializer": kernel, "bias_initializer": "zeros"}
     bias = 1.0 if base in BIAS_ONE_LAYERS else 0.0
     return {
         "kernel_initializer": keras.initializers.RandomNormal(0.0, INIT_STDDEV, seed),

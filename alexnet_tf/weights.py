@@ -71,11 +71,11 @@ def load_npy_weights(
         variable.assign(array.astype(variable.dtype))
 
 
-def save_npy_weights(model: keras.Model, path: str | os.PathLike) -> None:
-    """Writes a model's weights in the bvlc_alexnet layout (the inverse of `load_npy_weights`).
+def npy_weights(model: keras.Model) -> dict[str, list[np.ndarray]]:
+    """A model's weights in the bvlc_alexnet layout (the inverse of `load_npy_weights`).
 
-    A dense single-stream model is written with its dense kernels, which only a dense model
-    reads back: a grouped layout cannot express them.
+    A dense single-stream model gives its dense kernels, which only a dense model reads back:
+    a grouped layout cannot express them.
     """
     out = {}
     for name in LAYERS:
@@ -85,7 +85,12 @@ def save_npy_weights(model: keras.Model, path: str | os.PathLike) -> None:
             np.concatenate([keras.ops.convert_to_numpy(getattr(l, attr)) for l in layers], -1)
             for attr in ("kernel", "bias")
         ]
-    np.save(path, out, allow_pickle=True)
+    return out
+
+
+def save_npy_weights(model: keras.Model, path: str | os.PathLike) -> None:
+    """Writes `npy_weights(model)` to a `.npy` file."""
+    np.save(path, npy_weights(model), allow_pickle=True)
 
 
 def _is_two_tower(model: keras.Model) -> bool:

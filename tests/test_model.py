@@ -94,6 +94,8 @@ def test_he_initialization():
     # HeNormal is a truncated normal whose stddev is sqrt(2 / fan_in).
     assert conv3.std() == pytest.approx(np.sqrt(2 / fan_in), rel=0.05)
     assert not keras.ops.convert_to_numpy(inner_layer(model, "conv2").bias).any()
+    conv1 = keras.ops.convert_to_numpy(inner_layer(model, "conv1").kernel)
+    assert conv1.std() == pytest.approx(np.sqrt(2 / (11 * 11 * 3)) / 58.0, rel=0.05)
 
 
 def test_seed_makes_initialization_repeatable():

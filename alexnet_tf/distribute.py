@@ -1,0 +1,65 @@
+"""Picks the tf.distribute strategy and the tower devices for a training run.
+
+- one_device: TensorFlow's default strategy; the first GPU if there is one, else the CPU.
+- mirrored: data parallelism, `tf.distribute.MirroredStrategy` over the local GPUs (over the
+  logical CPU devices where there is no GPU, so that tests can split the CPU in two).
+- towers: the paper's model parallelism (section 3.2): the default strategy, with each tower of
+  the two-tower network placed on its device of `tower_devices` (see `alexnet_tf.layers.OnDevice`).
+- multi_worker: `tf.distribute.MultiWorkerMirroredStrategy`, configured by TF_CONFIG.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import tensorflow as tf
+from absl import logging
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The strategy called `name` (one of alexnet_tf.flags.STRATEGIES)."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if not gpus:
+        logging.info("No GPU found: everything runs on the CPU.")
+    if name in ("one_device", "towers"):
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        devices = [d.name for d in gpus or tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"unknown strategy {name!r}")
+
+
+def tower_devices(requested: Sequence[str]) -> tuple[str, str]:
+    """The requested tower devices, or the CPU for each that this machine does not have."""
+    available = {tf.DeviceSpec.from_string(d.name).to_string() for d in tf.config.list_logical_devices()}
+    placed = []
+    for device in requested:
+        spec = tf.DeviceSpec.from_string(device)
+        full = spec.replace(job="localhost", replica=0, task=0).to_string()
+        placed.append(device if full in available else "/CPU:0")
+    if placed != list(requested):
+        logging.info("Tower devices %s not all present: towers placed on %s.", list(requested), placed)
+    return placed[0], placed[1]
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes checkpoints and logs: the chief, or worker 0 without one."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return not has_chief and task_type == "worker" and task_id == 0
+
+
+def tf_config_summary() -> str:
+    """TF_CONFIG's task, for log lines."""
+    config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    task = config.get("task", {})
+    return f"{task.get('type', 'local')}:{task.get('index', 0)}"

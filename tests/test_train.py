@@ -1,0 +1,139 @@
+"""The training binary, in-process and as a subprocess, on a tiny prepared dataset."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+from absl.testing import flagsaver
+
+from alexnet_tf import flags as flags_lib
+from alexnet_tf import train
+from tests import tiny_data
+
+FLAGS = flags.FLAGS
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--width=0.0625", "--image_size=64", "--batch_size=8", "--seed=1", "--keep_checkpoints=2"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tiny_data.prepared_dataset(str(tmp_path_factory.mktemp("data")))
+
+
+@pytest.fixture
+def parse():
+    """Parses command-line flags for one test; every flag is restored afterwards."""
+    flags_lib.define_flags()
+    with flagsaver.flagsaver():
+        def parse_args(*args):
+            FLAGS.unparse_flags()
+            FLAGS(["train", *args])
+            return FLAGS
+        yield parse_args
+
+
+@pytest.mark.parametrize("strategy", ["one_device", "mirrored", "towers"])
+def test_run_trains_and_writes_results(parse, data_dir, tmp_path, strategy):
+    model_dir = str(tmp_path / "model")
+    flag_values = parse(*TINY, f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=2",
+                        f"--strategy={strategy}", "--tower_devices=/CPU:0,/CPU:1")
+    results = train.run(flag_values)
+    with open(os.path.join(model_dir, "results.json")) as f:
+        assert json.load(f) == results
+    assert results["epochs"] == 2
+    for key in ("val_top1_error", "val_top5_error", "train_images_per_sec"):
+        assert results[key] is not None and np.isfinite(results[key]), key
+    assert 0.0 <= results["val_top1_error"] <= 1.0
+    assert results["checkpoint"].endswith("epoch_002.keras") and os.path.exists(results["checkpoint"])
+    assert sorted(os.listdir(os.path.join(model_dir, "logs"))) == ["conv1", "train", "validation"]
+
+
+def test_mirrored_strategy_uses_both_logical_devices(parse, data_dir, tmp_path):
+    from alexnet_tf import distribute
+
+    assert distribute.make_strategy("mirrored").num_replicas_in_sync == 2
+
+
+def test_xla_is_refused_with_placed_towers(parse, data_dir, tmp_path):
+    flag_values = parse(*TINY, f"--data_dir={data_dir}", f"--model_dir={tmp_path}", "--strategy=towers", "--xla")
+    with pytest.raises(Exception, match="XLA ignores tf.device"):
+        train.run(flag_values)
+
+
+def test_pretrained_npy_gives_a_new_fc8_and_freezes_convolutions(parse, data_dir, tmp_path):
+    from alexnet_tf.model import build_alexnet, inner_layer
+    from alexnet_tf.weights import npy_weights, save_npy_weights
+
+    source = build_alexnet(num_classes=10, image_size=64, width=0.0625, seed=5)
+    save_npy_weights(source, tmp_path / "source.npy")
+    flag_values = parse(*TINY, f"--data_dir={data_dir}", f"--model_dir={tmp_path}",
+                        f"--pretrained={tmp_path / 'source.npy'}", "--freeze_conv")
+    model = train.create_model(flag_values, num_classes=4)
+    loaded, expected = npy_weights(model), npy_weights(source)
+    for name in ("conv1", "conv3", "fc7"):
+        np.testing.assert_array_equal(loaded[name][0], expected[name][0])
+    assert loaded["fc8"][0].shape == (256, 4)
+    assert not inner_layer(model, "conv2a").trainable and inner_layer(model, "fc6").trainable
+
+
+def command(data_dir, model_dir, *extra):
+    return [sys.executable, "-m", "alexnet_tf.train", *TINY, f"--data_dir={data_dir}",
+            f"--model_dir={model_dir}", *extra]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch_size=0"], "--batch_size must be >= 1"),
+    (["--strategy=bogus"], "flag --strategy=bogus"),
+    (["--data_dir=/no/such/dir"], "python tools/prepare_imagenet.py"),
+])
+def test_bad_flags_give_one_line_and_no_traceback(tmp_path, args, message):
+    process = subprocess.run(
+        [sys.executable, "-m", "alexnet_tf.train", f"--model_dir={tmp_path}", f"--data_dir={tmp_path}", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert process.returncode != 0
+    assert message in process.stderr
+    assert "Traceback" not in process.stderr
+
+
+def test_missing_dataset_says_how_to_prepare_it(tmp_path):
+    process = subprocess.run(command(tmp_path, tmp_path / "model"), cwd=REPO, capture_output=True,
+                             text=True, timeout=120)
+    assert process.returncode != 0 and "Traceback" not in process.stderr
+    assert "prepare_imagenet.py" in process.stderr.strip().splitlines()[-1]
+
+
+def test_killed_run_resumes_where_it_stopped(data_dir, tmp_path):
+    """SIGKILL after the second epoch's checkpoint; the same command finishes epochs 3 and 4 only."""
+    model_dir = tmp_path / "model"
+    args = command(data_dir, model_dir, "--epochs=4", "--lr_patience_epochs=1", "--lr_min_delta=0.5")
+    first = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    plateau = model_dir / "backup" / "plateau.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and first.poll() is None:
+        if plateau.exists() and "1" in json.loads(plateau.read_text() or "{}").get("states", {}):
+            break
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    second = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "Epoch 1/4" not in second.stdout
+    assert "Epoch 4/4" in second.stdout
+    results = json.loads((model_dir / "results.json").read_text())
+    assert results["epochs"] == 4 and results["checkpoint"].endswith("epoch_004.keras")
+    states = json.loads(plateau.read_text())["states"]
+    # With a patience of one epoch and an improvement threshold of 0.5, every epoch after the
+    # first is a plateau: three reductions in all, whichever process ran which epoch.
+    assert sorted(states, key=int) == ["0", "1", "2", "3"]
+    assert [states[e]["reductions"] for e in "0123"] == [0, 1, 2, 3]
+    assert states["3"]["learning_rate"] == pytest.approx(1e-5)
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
