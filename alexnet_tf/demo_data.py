@@ -1,0 +1,238 @@
+"""The offline demo's data set: procedurally drawn pattern classes, written as JPEG files in ILSVRC layout.
+
+    root/train/<wnid>/<wnid>_<i>.JPEG
+    root/val/<wnid>/<wnid>_<i>.JPEG
+    root/synset_words.txt                 one `wnid name` line per class, like ILSVRC's
+
+so that the demo is prepared by the same tools as ImageNet (`alexnet_tf.prepare`). The wnids are fake
+ImageNet-style ids n90000000, n90000001, ... (class i is `n9000000i` for i < 10), sorted in class order.
+
+Each class is a kind of pattern (gratings at four orientations, checkerboards, rings, blobs, edges, dots,
+...) drawn as a soft mask between two random colours, with random frequency, phase, position, size and
+orientation jitter, then additive Gaussian pixel noise. The colours are drawn independently of the class,
+so neither the mean colour nor any single pixel tells the classes apart: the shape does. The oriented
+gratings and edges are the kind of input whose first-layer filters become Gabor-like.
+
+Deterministic: each image is drawn from its own generator seeded by (seed, split, class, index), and
+encoded by Pillow with fixed settings, so the same arguments give the same bytes.
+
+Geometry: patterns are drawn on coordinates x (right), y (down) in [-1, 1] across the image; lengths
+below are in those units (2 = the image side) unless stated in pixels.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+DEFAULT_NUM_CLASSES = 10
+DEFAULT_TRAIN_PER_CLASS = 300
+DEFAULT_VAL_PER_CLASS = 50
+DEFAULT_SIZE = 72  # Stored side in pixels; the demo trains on 64-pixel crops of it.
+NAMES_FILE = "synset_words.txt"
+JPEG_QUALITY = 90
+_WNID_BASE = 90_000_000  # Beyond ImageNet's n0... and n1... ids, so the fake ids never collide with real ones.
+_SPLITS = ("train", "val")
+
+_MIN_COLOUR_DISTANCE = 90.0  # Between the two colours of an image, on the 0-255 RGB scale.
+_NOISE_STDDEV_RANGE = (4.0, 20.0)  # Additive Gaussian pixel noise, 0-255 scale.
+_ORIENTATION_JITTER_DEGREES = 12.0  # Leaves the four grating orientations 21 degrees apart at worst.
+
+Mask = np.ndarray  # [size, size] float in [0, 1]: 0 = background colour, 1 = foreground colour.
+_Drawer = Callable[[np.random.Generator, np.ndarray, np.ndarray, float], Mask]
+
+
+def generate(
+    root: str,
+    *,
+    num_classes: int = DEFAULT_NUM_CLASSES,
+    train_per_class: int = DEFAULT_TRAIN_PER_CLASS,
+    val_per_class: int = DEFAULT_VAL_PER_CLASS,
+    size: int = DEFAULT_SIZE,
+    seed: int = 0,
+) -> None:
+    """Writes the demo data set under `root` (see the module docstring for the layout).
+
+    The files are written to a temporary sibling folder renamed to `root` at the end, so `root` is either
+    absent or complete: a caller can test `os.path.isdir(root)` to skip a finished generation.
+
+    Args:
+      root: output folder; must not exist, or be empty.
+      num_classes: number of classes, the first ones of `CLASS_NAMES`, in [2, len(CLASS_NAMES)].
+      train_per_class, val_per_class: images per class in each split, >= 1.
+      size: image side in pixels, >= 16.
+      seed: any integer; the data are a function of the seed and the other arguments.
+    """
+    if not 2 <= num_classes <= len(CLASS_NAMES):
+        raise ValueError(f"num_classes must be in [2, {len(CLASS_NAMES)}], got {num_classes}.")
+    if train_per_class < 1 or val_per_class < 1:
+        raise ValueError(f"Images per class must be >= 1, got {train_per_class} and {val_per_class}.")
+    if size < 16:
+        raise ValueError(f"size must be >= 16 pixels, got {size}.")
+    if os.path.exists(root) and os.listdir(root):
+        raise FileExistsError(f"{root} exists and is not empty; the demo data set is written to a new folder.")
+    staging = f"{root.rstrip(os.sep)}.partial"
+    shutil.rmtree(staging, ignore_errors=True)  # Left over by an interrupted generation.
+    counts = {"train": train_per_class, "val": val_per_class}
+    for split_index, split in enumerate(_SPLITS):
+        for class_index in range(num_classes):
+            folder = os.path.join(staging, split, wnid(class_index))
+            os.makedirs(folder)
+            for i in range(counts[split]):
+                rng = np.random.default_rng([seed, split_index, class_index, i])
+                image = draw(class_index, rng, size)
+                path = os.path.join(folder, f"{wnid(class_index)}_{i}.JPEG")
+                Image.fromarray(image).save(path, format="JPEG", quality=JPEG_QUALITY)
+    with open(os.path.join(staging, NAMES_FILE), "w") as f:
+        f.writelines(f"{wnid(c)} {CLASS_NAMES[c]}\n" for c in range(num_classes))
+    if os.path.isdir(root):
+        os.rmdir(root)  # Empty (checked above); rename() cannot replace a folder on every platform.
+    os.rename(staging, root)
+
+
+def wnid(class_index: int) -> str:
+    """The fake ImageNet-style id of a class: 'n90000000' for class 0."""
+    return f"n{_WNID_BASE + class_index:08d}"
+
+
+def draw(class_index: int, rng: np.random.Generator, size: int) -> np.ndarray:
+    """One random image of class `class_index`: uint8 RGB [size, size, 3]."""
+    pixel = 2.0 / size  # One pixel in pattern units.
+    coordinates = (np.arange(size) + 0.5) * pixel - 1.0
+    x, y = np.meshgrid(coordinates, coordinates)
+    mask = _DRAWERS[class_index](rng, x, y, pixel)
+    background, foreground = _colour_pair(rng)
+    image = background + mask[..., np.newaxis] * (foreground - background)
+    image += rng.normal(0.0, rng.uniform(*_NOISE_STDDEV_RANGE), image.shape)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def _colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two RGB colours (0-255) at least _MIN_COLOUR_DISTANCE apart, in random order."""
+    while True:
+        first, second = rng.uniform(0.0, 255.0, (2, 3))
+        if np.linalg.norm(first - second) >= _MIN_COLOUR_DISTANCE:
+            return first, second
+
+
+# Mask helpers.
+
+
+def _soft_step(distance: np.ndarray, width: float) -> Mask:
+    """0 below -width/2, 1 above +width/2, linear in between: an anti-aliased edge."""
+    return np.clip(0.5 + distance / width, 0.0, 1.0)
+
+
+def _soft_sign(signal: np.ndarray, sharpness: float) -> Mask:
+    """Maps a signal in [-1, 1] to [0, 1]: about linearly for small sharpness, to nearly 0 or 1 for large.
+
+    Applied to a sinusoid, it gives anything from a sine grating to square-wave stripes.
+    """
+    return 0.5 + 0.5 * np.tanh(sharpness * signal) / np.tanh(sharpness)
+
+
+def _rotated(x: np.ndarray, y: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates along and across the direction `angle` (radians, from x towards y)."""
+    c, s = np.cos(angle), np.sin(angle)
+    return x * c + y * s, -x * s + y * c
+
+
+def _jittered(degrees: float, rng: np.random.Generator) -> float:
+    return np.deg2rad(degrees + rng.uniform(-_ORIENTATION_JITTER_DEGREES, _ORIENTATION_JITTER_DEGREES))
+
+
+# The classes. Each drawer returns a mask; `pixel` is the size of one pixel in pattern units.
+
+
+def _grating(direction_degrees: float) -> _Drawer:
+    """Stripes whose intensity varies along `direction_degrees` (0: vertical stripes), period 5 to 14 px at 72."""
+
+    def drawer(rng, x, y, pixel):
+        along, _ = _rotated(x, y, _jittered(direction_degrees, rng))
+        period = rng.uniform(0.14, 0.4)
+        return _soft_sign(np.sin(2 * np.pi * along / period + rng.uniform(0, 2 * np.pi)), rng.uniform(0.5, 4.0))
+
+    return drawer
+
+
+def _checkerboard(rng, x, y, pixel):
+    along, across = _rotated(x, y, _jittered(0.0, rng))
+    cell = rng.uniform(0.15, 0.35)
+    product = np.sin(np.pi * along / cell + rng.uniform(0, 2 * np.pi)) * np.sin(
+        np.pi * across / cell + rng.uniform(0, 2 * np.pi)
+    )
+    return _soft_sign(product, 6.0)
+
+
+def _rings(rng, x, y, pixel):
+    cx, cy = rng.uniform(-0.3, 0.3, 2)
+    radius = np.hypot(x - cx, y - cy)
+    phase = 2 * np.pi * radius / rng.uniform(0.15, 0.35) + rng.uniform(0, 2 * np.pi)
+    return _soft_sign(np.sin(phase), rng.uniform(0.5, 4.0))
+
+
+def _blob(rng, x, y, pixel):
+    cx, cy = rng.uniform(-0.4, 0.4, 2)
+    along, across = _rotated(x - cx, y - cy, rng.uniform(0, np.pi))
+    sigma_along, sigma_across = rng.uniform(0.15, 0.35, 2)
+    return np.exp(-0.5 * ((along / sigma_along) ** 2 + (across / sigma_across) ** 2))
+
+
+def _edge(rng, x, y, pixel):
+    along, _ = _rotated(x, y, rng.uniform(0, 2 * np.pi))
+    return _soft_step(along - rng.uniform(-0.3, 0.3), pixel * rng.uniform(1.0, 4.0))
+
+
+def _random_dots(rng, x, y, pixel):
+    count = rng.integers(20, 60, endpoint=True)
+    centres = rng.uniform(-1.0, 1.0, (count, 2))
+    radii = pixel * rng.uniform(1.0, 2.5, count)
+    distance = np.hypot(x - centres[:, 0, None, None], y - centres[:, 1, None, None]) - radii[:, None, None]
+    return _soft_step(-distance.min(axis=0), pixel)
+
+
+def _polka_dots(rng, x, y, pixel):
+    along, across = _rotated(x, y, rng.uniform(0, np.pi / 2))
+    spacing = rng.uniform(0.25, 0.45)
+    offset_along, offset_across = rng.uniform(0, 1, 2)
+    du = (along / spacing + offset_along) % 1.0 - 0.5
+    dv = (across / spacing + offset_across) % 1.0 - 0.5
+    distance = np.hypot(du, dv) * spacing
+    return _soft_step(spacing * rng.uniform(0.2, 0.35) - distance, pixel)
+
+
+def _spokes(rng, x, y, pixel):
+    cx, cy = rng.uniform(-0.2, 0.2, 2)
+    angle = np.arctan2(y - cy, x - cx)
+    spokes = rng.integers(4, 8, endpoint=True)
+    return _soft_sign(np.sin(spokes * angle + rng.uniform(0, 2 * np.pi)), rng.uniform(1.0, 4.0))
+
+
+def _cross(rng, x, y, pixel):
+    along, across = _rotated(x - rng.uniform(-0.3, 0.3), y - rng.uniform(-0.3, 0.3), _jittered(0.0, rng))
+    half_width, half_length = rng.uniform(0.06, 0.14), rng.uniform(0.45, 0.8)
+    bar_along = np.minimum(half_width - np.abs(across), half_length - np.abs(along))
+    bar_across = np.minimum(half_width - np.abs(along), half_length - np.abs(across))
+    return _soft_step(np.maximum(bar_along, bar_across), pixel)
+
+
+_CLASSES: tuple[tuple[str, _Drawer], ...] = (
+    ("vertical grating", _grating(0.0)),
+    ("horizontal grating", _grating(90.0)),
+    ("rising diagonal grating", _grating(45.0)),  # Varies down-right, so the stripes rise: "/".
+    ("falling diagonal grating", _grating(135.0)),
+    ("checkerboard", _checkerboard),
+    ("concentric rings", _rings),
+    ("blob", _blob),
+    ("edge", _edge),
+    ("random dots", _random_dots),
+    ("polka dots", _polka_dots),
+    ("radial spokes", _spokes),
+    ("cross", _cross),
+)
+CLASS_NAMES: tuple[str, ...] = tuple(name for name, _ in _CLASSES)
+_DRAWERS: tuple[_Drawer, ...] = tuple(drawer for _, drawer in _CLASSES)

@@ -1,0 +1,138 @@
+"""Tests of alexnet_tf.demo_data: layout, determinism, decodability and learnability of the demo data set."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet_tf import demo_data
+
+SMALL = dict(num_classes=3, train_per_class=4, val_per_class=2, size=32, seed=1)
+
+
+def _files(root):
+    """{relative path: bytes} of every file under root."""
+    contents = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                contents[os.path.relpath(path, root)] = f.read()
+    return contents
+
+
+def test_layout_counts_and_names(tmp_path):
+    root = tmp_path / "demo"
+    demo_data.generate(str(root), **SMALL)
+    wnids = ["n90000000", "n90000001", "n90000002"]
+    assert sorted(os.listdir(root)) == ["synset_words.txt", "train", "val"]
+    for split, count in [("train", 4), ("val", 2)]:
+        assert sorted(os.listdir(root / split)) == wnids
+        for wnid in wnids:
+            assert sorted(os.listdir(root / split / wnid)) == sorted(f"{wnid}_{i}.JPEG" for i in range(count))
+    assert (root / "synset_words.txt").read_text().splitlines() == [
+        "n90000000 vertical grating",
+        "n90000001 horizontal grating",
+        "n90000002 rising diagonal grating",
+    ]
+    assert not (tmp_path / "demo.partial").exists()
+
+
+def test_images_are_rgb_jpegs_of_the_requested_size(tmp_path):
+    demo_data.generate(str(tmp_path / "demo"), **SMALL)
+    paths = [p for p in _files(tmp_path / "demo") if p.endswith(".JPEG")]
+    assert len(paths) == 3 * (4 + 2)
+    for path in paths:
+        with Image.open(tmp_path / "demo" / path) as image:
+            assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (32, 32))
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+    demo_data.generate(str(tmp_path / "a"), **SMALL)
+    demo_data.generate(str(tmp_path / "b"), **SMALL)
+    demo_data.generate(str(tmp_path / "c"), **{**SMALL, "seed": 2})
+    first, second, other = (_files(tmp_path / name) for name in "abc")
+    assert first == second
+    assert first.keys() == other.keys()
+    assert all(first[p] != other[p] for p in first if p.endswith(".JPEG"))
+
+
+def test_every_class_draws_varied_images_in_range():
+    for class_index in range(len(demo_data.CLASS_NAMES)):
+        images = [demo_data.draw(class_index, np.random.default_rng([7, i]), 40) for i in range(2)]
+        assert images[0].shape == (40, 40, 3) and images[0].dtype == np.uint8
+        assert not np.array_equal(images[0], images[1])
+        assert images[0].std() > 10  # Not a flat image: there is a pattern, not only noise.
+
+
+def test_existing_non_empty_root_is_refused_but_empty_root_is_filled(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    with pytest.raises(FileExistsError):
+        demo_data.generate(str(tmp_path / "full"), **SMALL)
+    (tmp_path / "empty").mkdir()
+    demo_data.generate(str(tmp_path / "empty"), **SMALL)
+    assert (tmp_path / "empty" / "synset_words.txt").exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"num_classes": 1}, {"num_classes": 13}, {"train_per_class": 0}, {"val_per_class": 0}, {"size": 8}]
+)
+def test_bad_arguments_are_refused(tmp_path, kwargs):
+    with pytest.raises(ValueError):
+        demo_data.generate(str(tmp_path / "demo"), **{**SMALL, **kwargs})
+
+
+def _load(root, split):
+    images, labels = [], []
+    for label, wnid in enumerate(sorted(os.listdir(root / split))):
+        for name in sorted(os.listdir(root / split / wnid)):
+            with Image.open(root / split / wnid / name) as image:
+                images.append(np.asarray(image, np.float64))
+            labels.append(label)
+    return np.stack(images), np.array(labels)
+
+
+def _spectrum_features(images):
+    """Log share of the grey image's power in 4 radial x 8 orientation bins of its 2-D spectrum."""
+    grey = images.mean(axis=-1)
+    grey -= grey.mean(axis=(1, 2), keepdims=True)
+    power = np.abs(np.fft.fftshift(np.fft.fft2(grey), axes=(1, 2))) ** 2
+    size = grey.shape[1]
+    fy, fx = np.mgrid[:size, :size] - size // 2
+    radial = np.minimum((np.hypot(fx, fy) / (size / 2) * 4).astype(int), 3)
+    orientation = (np.mod(np.arctan2(fy, fx), np.pi) / np.pi * 8).astype(int) % 8
+    bins = (radial * 8 + orientation).ravel()
+    energy = np.stack([np.bincount(bins, weights=p.ravel(), minlength=32) for p in power])
+    return np.log(energy / energy.sum(axis=1, keepdims=True) + 1e-6)
+
+
+def _nearest_class_mean_accuracy(train_features, train_labels, val_features, val_labels):
+    mean, std = train_features.mean(axis=0), train_features.std(axis=0) + 1e-9
+    train_features, val_features = (train_features - mean) / std, (val_features - mean) / std
+    centres = np.stack([train_features[train_labels == c].mean(axis=0) for c in np.unique(train_labels)])
+    distances = ((val_features[:, np.newaxis] - centres[np.newaxis]) ** 2).sum(axis=-1)
+    return float(np.mean(np.argmin(distances, axis=1) == val_labels))
+
+
+def test_classes_differ_by_pattern_not_by_colour(tmp_path):
+    root = tmp_path / "demo"
+    demo_data.generate(str(root), num_classes=10, train_per_class=40, val_per_class=20, size=48, seed=0)
+    train_images, train_labels = _load(root, "train")
+    val_images, val_labels = _load(root, "val")
+    # Chance is 0.1. Coarse spectral shape already separates most classes...
+    spectral = _nearest_class_mean_accuracy(
+        _spectrum_features(train_images), train_labels, _spectrum_features(val_images), val_labels
+    )
+    assert spectral > 0.5
+    # ...while the mean colour of an image says next to nothing about its class.
+    colour = _nearest_class_mean_accuracy(
+        train_images.mean(axis=(1, 2)), train_labels, val_images.mean(axis=(1, 2)), val_labels
+    )
+    assert colour < 0.2
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
