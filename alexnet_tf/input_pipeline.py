@@ -254,6 +254,12 @@ def _window_decoder(kind: str, stored_size: int) -> Callable[[tf.Tensor, tf.Tens
     return decode
 
 
+def _stats(data_dir: str, kind: str, stats_path: str | None, stored_size: int, needed: bool) -> stats_lib.Stats:
+    if not needed:  # Not even a stale stats file in data_dir should matter then.
+        return stats_lib.default_stats(stored_size)
+    return stats_lib.resolve_stats(None if kind == "tfds" else data_dir, stats_path, stored_size)
+
+
 def _mean_image(mean: str, stats: stats_lib.Stats) -> tf.Tensor:
     """float32 [S, S, 3] to subtract: the mean image, or the constant image of the per-channel mean, or zeros."""
     if mean == "image":
@@ -301,7 +307,7 @@ def make_train_dataset(data_dir: str, batch_size: int, *, image_size: int = IMAG
     if kind == "prepared" and num_examples(data_dir, TRAIN) < batch_size:
         raise ValueError(f"{data_dir}: {num_examples(data_dir, TRAIN)} training examples make no complete "
                          f"batch of {batch_size}")
-    stats = stats_lib.resolve_stats(None if kind == "tfds" else data_dir, stats_path, stored_size)
+    stats = _stats(data_dir, kind, stats_path, stored_size, needed=pca_noise or mean != "none")
     decode_window = _window_decoder(kind, stored_size)
     mean_image = _mean_image(mean, stats)
     eigval, eigvec = tf.constant(stats.eigval), tf.constant(stats.eigvec)
@@ -343,7 +349,7 @@ def make_eval_dataset(data_dir: str, batch_size: int, *, image_size: int = IMAGE
     _check_options(batch_size, mean, channel_order)
     kind = _source_kind(data_dir)
     stored_size = _stored_size(data_dir, kind, stored_size, image_size)
-    stats = stats_lib.resolve_stats(None if kind == "tfds" else data_dir, stats_path, stored_size)
+    stats = _stats(data_dir, kind, stats_path, stored_size, needed=mean != "none")
     decode_window = _window_decoder(kind, stored_size)
     mean_image = _mean_image(mean, stats)
     margin = (stored_size - image_size) // 2  # The centre offset of augment.central_crop.

@@ -143,8 +143,15 @@ def write_split(examples: Iterator[Example], num_examples: int, output_dir: str,
         report.num_examples += summary["num_examples"]
         report.skipped.extend(summary["skipped"])
 
-    futures = []
-    with concurrent.futures.ThreadPoolExecutor(num_threads) as executor:
+    pending = set()
+
+    def collect(futures: set) -> None:  # Raises a shard's error, stopping the preparation.
+        for future in futures:
+            finish(future.result())
+        pending.difference_update(futures)
+
+    executor = concurrent.futures.ThreadPoolExecutor(num_threads)
+    try:
         for index in range(num_shards):
             shard = list(itertools.islice(examples, images_per_shard))
             name = input_pipeline.shard_filename(split, index, num_shards)
@@ -155,12 +162,15 @@ def write_split(examples: Iterator[Example], num_examples: int, output_dir: str,
                 progress.update(len(shard))
                 continue
             in_flight.acquire()
+            collect({future for future in pending if future.done()})
             future = executor.submit(_write_shard, shard, output_dir, name, stored_size, jpeg_quality, progress)
             future.add_done_callback(lambda _: in_flight.release())
-            futures.append(future)
-        for future in concurrent.futures.as_completed(futures):
-            finish(future.result())
-    progress.close()
+            pending.add(future)
+        collect(set(concurrent.futures.wait(pending).done))
+    finally:
+        # On an error or an interrupt, shards being written are finished (each is atomic), queued ones dropped.
+        executor.shutdown(wait=True, cancel_futures=True)
+        progress.close()
     return report
 
 

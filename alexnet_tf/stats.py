@@ -104,7 +104,7 @@ def resolve_stats(data_dir: str | None, stats_path: str | None, stored_size: int
 
 
 def compute_stats(batches: Iterable[np.ndarray]) -> Stats:
-    """Computes the statistics from batches of uint8 RGB images [B, S, S, 3] (all of one size S).
+    """Computes the statistics from batches of RGB images [B, S, S, 3] on the 0-255 scale (one size S).
 
     Sums are accumulated in float64 so a full ImageNet pass (1.28M images) loses no precision.
     """
