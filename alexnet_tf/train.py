@@ -251,10 +251,10 @@ def prepare_demo(data_dir: str | None) -> None:
     if os.path.exists(os.path.join(data_dir, input_pipeline.DATASET_INFO_FILENAME)):
         return
     raw = os.path.join(data_dir, "raw")
-    demo_data.generate(raw)
-    prepare.prepare(raw, data_dir, stored_size=demo_data.STORED_SIZE,
-                    names_file=os.path.join(raw, "synset_words.txt"))
-
+    if not os.path.isdir(raw):  # generate() writes the folder whole or not at all.
+        demo_data.generate(raw)
+    prepare.prepare(raw, data_dir, stored_size=demo_data.DEFAULT_SIZE,
+                    names_file=os.path.join(raw, demo_data.NAMES_FILE))
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
