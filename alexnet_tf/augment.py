@@ -23,7 +23,8 @@ def decode_and_crop(jpeg: tf.Tensor, offset: tf.Tensor, crop_size: int) -> tf.Te
     """Decodes only the `crop_size` square at `offset` (y, x) of a JPEG: uint8 [crop_size, crop_size, 3].
 
     The fused op skips the colour conversion and upsampling of everything outside the window, which is the
-    bulk of the per-image cost of the training pipeline.
+    bulk of the per-image cost of the training pipeline. Pixels equal those of decoding then cropping, except
+    in a first or last column lying on a JPEG block boundary, whose chroma is upsampled without its neighbour.
     """
     window = tf.stack([offset[0], offset[1], crop_size, crop_size])
     image = tf.image.decode_and_crop_jpeg(jpeg, window, channels=3)

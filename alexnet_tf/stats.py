@@ -51,7 +51,7 @@ class Stats:
     @property
     def mean_rgb(self) -> np.ndarray:
         """Per-channel mean, float32 [3], 0-255."""
-        return self.mean_image.mean(axis=(0, 1)).astype(np.float32)
+        return self.mean_image.mean(axis=(0, 1), dtype=np.float64).astype(np.float32)
 
 
 def default_stats(stored_size: int) -> Stats:
