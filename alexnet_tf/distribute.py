@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Sequence
 
 import tensorflow as tf
@@ -57,9 +55,3 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return not has_chief and task_type == "worker" and task_id == 0
 
-
-def tf_config_summary() -> str:
-    """TF_CONFIG's task, for log lines."""
-    config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
-    task = config.get("task", {})
-    return f"{task.get('type', 'local')}:{task.get('index', 0)}"

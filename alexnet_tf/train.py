@@ -27,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
+from PIL import Image
 
 from alexnet_tf import distribute, input_pipeline, model as model_lib
 from alexnet_tf import flags as flags_lib
@@ -34,6 +35,7 @@ from alexnet_tf import weights as weights_lib
 from alexnet_tf.metrics import TopKError
 from alexnet_tf.optimizer import PaperSGD
 from alexnet_tf.schedule import PlateauSchedule
+from alexnet_tf import summaries
 from alexnet_tf.summaries import Conv1Summaries
 
 FLAGS = flags.FLAGS
@@ -217,6 +219,7 @@ def run(flags_obj: flags.FlagValues, strategy_override: tf.distribute.Strategy |
     )
     results = summarize(flags_obj, history, throughput)
     if chief:
+        results["conv1_png"] = write_conv1_png(model, os.path.join(flags_obj.model_dir, "conv1.png"))
         with open(os.path.join(flags_obj.model_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
     return results
@@ -238,6 +241,13 @@ def summarize(flags_obj: flags.FlagValues, history: keras.callbacks.History, thr
     }
 
 
+def write_conv1_png(model: keras.Model, path: str) -> str:
+    """The conv1 filters as one grid image (as TensorBoard shows them), saved as a PNG."""
+    grid = summaries.upscale(summaries.filter_grid(model_lib.conv1_kernel(model)), summaries.DEFAULT_SUMMARY_SCALE)
+    Image.fromarray(grid).save(path)
+    return path
+
+
 def _number(value) -> float | None:
     return None if value is None else float(value)
 
@@ -255,6 +265,7 @@ def prepare_demo(data_dir: str | None) -> None:
         demo_data.generate(raw)
     prepare.prepare(raw, data_dir, stored_size=demo_data.DEFAULT_SIZE,
                     names_file=os.path.join(raw, demo_data.NAMES_FILE))
+
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:

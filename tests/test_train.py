@@ -53,6 +53,7 @@ def test_run_trains_and_writes_results(parse, data_dir, tmp_path, strategy):
     assert 0.0 <= results["val_top1_error"] <= 1.0
     assert results["checkpoint"].endswith("epoch_002.keras") and os.path.exists(results["checkpoint"])
     assert sorted(os.listdir(os.path.join(model_dir, "logs"))) == ["conv1", "train", "validation"]
+    assert results["conv1_png"] == os.path.join(model_dir, "conv1.png") and os.path.exists(results["conv1_png"])
 
 
 def test_mirrored_strategy_uses_both_logical_devices(parse, data_dir, tmp_path):
