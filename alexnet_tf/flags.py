@@ -78,6 +78,13 @@ def _define_data_flags() -> None:
     flags.DEFINE_boolean("pca_noise", True, "PCA colour noise in training (section 4.1).")
     flags.DEFINE_integer("shuffle_buffer", input_pipeline.DEFAULT_SHUFFLE_BUFFER, "Training shuffle buffer, examples.")
     flags.register_validator("shuffle_buffer", lambda v: v >= 1, "--shuffle_buffer must be >= 1")
+    flags.DEFINE_list("mean_rgb", None, "With --mean=channel: the per-channel mean to subtract, R,G,B on the "
+                      "0-255 scale (123,117,104 for Caffe's weights); default: the statistics' mean.")
+    flags.register_validator("mean_rgb", lambda v: v is None or (len(v) == 3 and all(map(_is_number, v))),
+                             "--mean_rgb takes three numbers, R,G,B")
+    flags.register_multi_flags_validator(["mean_rgb", "mean"],
+                                         lambda v: v["mean_rgb"] is None or v["mean"] == "channel",
+                                         "--mean_rgb needs --mean=channel")
 
 
 def _define_training_flags() -> None:
@@ -123,6 +130,21 @@ def _define_evaluation_flags() -> None:
     flags.DEFINE_string("export_dir", None, "Where export writes the SavedModel.")
     flags.register_validator("checkpoint", lambda v: v is None or os.path.exists(v),
                              "--checkpoint must be an existing file")
+    flags.register_validator("ensemble", lambda v: all(os.path.isfile(p) for p in v),
+                             "--ensemble takes existing .keras or .npy files")
+
+
+def mean_rgb(flag_values: flags.FlagValues) -> tuple[float, float, float] | None:
+    """--mean_rgb as numbers (R, G, B on the 0-255 scale), or None."""
+    return None if flag_values.mean_rgb is None else tuple(float(v) for v in flag_values.mean_rgb)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def model_kwargs(flag_values: flags.FlagValues, num_classes: int) -> dict:

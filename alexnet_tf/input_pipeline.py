@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -243,7 +243,7 @@ def _parse_record(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return features[ENCODED_KEY], features[LABEL_KEY]
 
 
-def _window_decoder(kind: str, stored_size: int) -> Callable[[tf.Tensor, tf.Tensor, int], tf.Tensor]:
+def _window_decoder(kind: str | None, stored_size: int) -> Callable[[tf.Tensor, tf.Tensor, int], tf.Tensor]:
     """fn(encoded, offset, size) -> uint8 [size, size, 3]: a window of the image as stored (Section 2)."""
     if kind == "prepared":
         return augment.decode_and_crop
@@ -260,16 +260,23 @@ def _stats(data_dir: str, kind: str, stats_path: str | None, stored_size: int, n
     return stats_lib.resolve_stats(None if kind == "tfds" else data_dir, stats_path, stored_size)
 
 
-def _mean_image(mean: str, stats: stats_lib.Stats) -> tf.Tensor:
-    """float32 [S, S, 3] to subtract: the mean image, or the constant image of the per-channel mean, or zeros."""
+def _needs_stats(mean: str, mean_rgb: Sequence[float] | None) -> bool:
+    return mean == "image" or (mean == "channel" and mean_rgb is None)
+
+
+def _mean_image(mean: str, stats: stats_lib.Stats, mean_rgb: Sequence[float] | None = None) -> tf.Tensor:
+    """float32 [S, S, 3] to subtract: the mean image, or the constant image of the per-channel mean (`mean_rgb`,
+    else the statistics'), or zeros."""
+    if mean_rgb is not None and (mean != "channel" or len(mean_rgb) != 3):
+        raise ValueError(f"mean_rgb={mean_rgb} needs mean='channel' and three values (R, G, B)")
     if mean == "image":
         return tf.constant(stats.mean_image)
-    value = stats.mean_rgb if mean == "channel" else [0.0, 0.0, 0.0]
+    value = (stats.mean_rgb if mean_rgb is None else mean_rgb) if mean == "channel" else [0.0, 0.0, 0.0]
     return tf.constant(np.broadcast_to(np.asarray(value, np.float32), stats.mean_image.shape))
 
 
-def _check_options(batch_size: int, mean: str, channel_order: str) -> None:
-    if batch_size < 1:
+def _check_options(batch_size: int | None, mean: str, channel_order: str) -> None:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be positive")
     if mean not in MEAN_MODES:
         raise ValueError(f"mean={mean!r} must be one of {MEAN_MODES}")
@@ -289,13 +296,14 @@ def make_train_dataset(data_dir: str, batch_size: int, *, image_size: int = IMAG
                        seed: int | None = None, deterministic: bool = False, pca_noise: bool = True,
                        mean: str = "image", stats_path: str | None = None, channel_order: str = "RGB",
                        stored_size: int | None = None, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
-                       threads: int | None = None) -> tf.data.Dataset:
+                       threads: int | None = None, mean_rgb: Sequence[float] | None = None) -> tf.data.Dataset:
     """One shuffled, augmented pass over the training split (Section 4.1), in complete batches.
 
     Yields (images float32 [batch_size, image_size, image_size, 3], labels int32 [batch_size]); the last partial
     batch is dropped. Per image: a random image_size crop of the stored image, the matching crop of the mean
     (`mean`: 'image' = mean image, 'channel' = per-channel mean, 'none'; statistics from `stats_path`, else
-    `<data_dir>/stats.npz`, else the ImageNet defaults) subtracted, PCA colour noise, a horizontal flip with p=0.5,
+    `<data_dir>/stats.npz`, else the ImageNet defaults; `mean_rgb`, R, G, B on 0-255, overrides the per-channel
+    mean) subtracted, PCA colour noise, a horizontal flip with p=0.5,
     then `channel_order`. Each iteration reshuffles and redraws the augmentation. With `seed`, the stream of
     iterations is repeatable (and identical batch for batch if also `deterministic`); `deterministic=False` lets
     tf.data deliver elements out of order for speed. `stored_size` is for unprepared sources (default 256);
@@ -307,9 +315,9 @@ def make_train_dataset(data_dir: str, batch_size: int, *, image_size: int = IMAG
     if kind == "prepared" and num_examples(data_dir, TRAIN) < batch_size:
         raise ValueError(f"{data_dir}: {num_examples(data_dir, TRAIN)} training examples make no complete "
                          f"batch of {batch_size}")
-    stats = _stats(data_dir, kind, stats_path, stored_size, needed=pca_noise or mean != "none")
+    stats = _stats(data_dir, kind, stats_path, stored_size, needed=pca_noise or _needs_stats(mean, mean_rgb))
     decode_window = _window_decoder(kind, stored_size)
-    mean_image = _mean_image(mean, stats)
+    mean_image = _mean_image(mean, stats, mean_rgb)
     eigval, eigvec = tf.constant(stats.eigval), tf.constant(stats.eigvec)
 
     def transform(record: tuple[tf.Tensor, tf.Tensor], seed_pair: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -336,10 +344,40 @@ def make_train_dataset(data_dir: str, batch_size: int, *, image_size: int = IMAG
     return _with_options(dataset, deterministic, threads)
 
 
+def make_eval_transform(data_dir: str | None, *, image_size: int = IMAGENET_CROP_SIZE, ten_crop: bool = False,
+                        mean: str = "image", stats_path: str | None = None, channel_order: str = "RGB",
+                        stored_size: int | None = None, mean_rgb: Sequence[float] | None = None,
+                        any_image: bool = False) -> Callable[[tf.Tensor], tf.Tensor]:
+    """fn(encoded image, tf.string scalar) -> its test-time input as `make_eval_dataset` yields it (Section 4.1).
+
+    The input is float32 [image_size, image_size, 3], or [10, image_size, image_size, 3] with `ten_crop`. Stored
+    size and statistics are `data_dir`'s as in `make_eval_dataset`; `data_dir` None: `stored_size` (default 256)
+    and `stats_path` or the ImageNet defaults. `any_image`: the bytes are an image of any size and format (a
+    serving request), decoded and rescaled to the stored size as an ILSVRC folder's are, not a prepared data
+    set's stored JPEG. An undecodable image raises tf.errors.InvalidArgumentError when the transform runs.
+    """
+    _check_options(None, mean, channel_order)
+    kind = None if data_dir is None else _source_kind(data_dir)
+    stored_size = _stored_size(data_dir, kind, stored_size, image_size)
+    stats = _stats(data_dir, kind, stats_path, stored_size, needed=_needs_stats(mean, mean_rgb))
+    decode_window = _window_decoder(None if any_image else kind, stored_size)
+    mean_image = _mean_image(mean, stats, mean_rgb)
+    margin = (stored_size - image_size) // 2  # The centre offset of augment.central_crop.
+    window_offset, window_size = ((0, 0), stored_size) if ten_crop else ((margin, margin), image_size)
+
+    def transform(encoded: tf.Tensor) -> tf.Tensor:
+        offset = tf.constant(window_offset, tf.int32)
+        image = augment.finish_crop(decode_window(encoded, offset, window_size), mean_image, offset, tf.zeros([3]),
+                                    tf.constant(False), channel_order == "BGR")
+        return augment.ten_crops(image, image_size) if ten_crop else image
+    return transform
+
+
 def make_eval_dataset(data_dir: str, batch_size: int, *, image_size: int = IMAGENET_CROP_SIZE,
                       ten_crop: bool = False, split: str = VALIDATION, mean: str = "image",
                       stats_path: str | None = None, channel_order: str = "RGB", stored_size: int | None = None,
-                      val_labels: str | None = None, threads: int | None = None) -> tf.data.Dataset:
+                      val_labels: str | None = None, threads: int | None = None,
+                      mean_rgb: Sequence[float] | None = None) -> tf.data.Dataset:
     """Every example of `split`, in order, last partial batch kept (Section 4.1, test time).
 
     Yields (images float32 [B, image_size, image_size, 3], labels int32 [B]): the centre crop of the stored
@@ -348,24 +386,13 @@ def make_eval_dataset(data_dir: str, batch_size: int, *, image_size: int = IMAGE
     """
     _check_options(batch_size, mean, channel_order)
     kind = _source_kind(data_dir)
-    stored_size = _stored_size(data_dir, kind, stored_size, image_size)
-    stats = _stats(data_dir, kind, stats_path, stored_size, needed=mean != "none")
-    decode_window = _window_decoder(kind, stored_size)
-    mean_image = _mean_image(mean, stats)
-    margin = (stored_size - image_size) // 2  # The centre offset of augment.central_crop.
-    window_offset, window_size = ((0, 0), stored_size) if ten_crop else ((margin, margin), image_size)
-
-    def transform(encoded: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        offset = tf.constant(window_offset, tf.int32)
-        image = augment.finish_crop(decode_window(encoded, offset, window_size), mean_image, offset, tf.zeros([3]),
-                                    tf.constant(False), channel_order == "BGR")
-        if ten_crop:
-            image = augment.ten_crops(image, image_size)
-        return image, tf.cast(label, tf.int32)
-
+    transform = make_eval_transform(data_dir, image_size=image_size, ten_crop=ten_crop, mean=mean,
+                                    stats_path=stats_path, channel_order=channel_order, stored_size=stored_size,
+                                    mean_rgb=mean_rgb)
     records = _encoded_records(data_dir, kind, split, training=False, seed=None, deterministic=True,
                                val_labels=val_labels)
-    dataset = records.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = records.map(lambda encoded, label: (transform(encoded), tf.cast(label, tf.int32)),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if kind != "prepared":
         dataset = dataset.ignore_errors(log_warning=True)
     dataset = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
