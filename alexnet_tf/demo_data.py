@@ -7,11 +7,15 @@
 so that the demo is prepared by the same tools as ImageNet (`alexnet_tf.prepare`). The wnids are fake
 ImageNet-style ids n90000000, n90000001, ... (class i is `n9000000i` for i < 10), sorted in class order.
 
-Each class is a kind of pattern (gratings at four orientations, checkerboards, rings, blobs, edges, dots,
+Each class is a kind of pattern (gratings at three orientations, checkerboards, rings, blobs, edges, dots,
 ...) drawn as a soft mask between two random colours, with random frequency, phase, position, size and
 orientation jitter, then additive Gaussian pixel noise. The colours are drawn independently of the class,
 so neither the mean colour nor any single pixel tells the classes apart: the shape does. The oriented
 gratings and edges are the kind of input whose first-layer filters become Gabor-like.
+
+Every class is closed under horizontal reflection, because training flips images (section 4.1 of the
+paper): a mirrored image must stay in its class. Hence one "diagonal grating" class holding both
+diagonals (a rising and a falling class would swap labels under flipping), and no chiral patterns.
 
 Deterministic: each image is drawn from its own generator seeded by (seed, split, class, index), and
 encoded by Pillow with fixed settings, so the same arguments give the same bytes.
@@ -40,7 +44,7 @@ _SPLITS = ("train", "val")
 
 _MIN_COLOUR_DISTANCE = 90.0  # Between the two colours of an image, on the 0-255 RGB scale.
 _NOISE_STDDEV_RANGE = (4.0, 20.0)  # Additive Gaussian pixel noise, 0-255 scale.
-_ORIENTATION_JITTER_DEGREES = 12.0  # Leaves the four grating orientations 21 degrees apart at worst.
+_ORIENTATION_JITTER_DEGREES = 12.0  # Leaves the grating orientations 21 degrees apart at worst.
 
 Mask = np.ndarray  # [size, size] float in [0, 1]: 0 = background colour, 1 = foreground colour.
 _Drawer = Callable[[np.random.Generator, np.ndarray, np.ndarray, float], Mask]
@@ -148,11 +152,11 @@ def _jittered(degrees: float, rng: np.random.Generator) -> float:
 # The classes. Each drawer returns a mask; `pixel` is the size of one pixel in pattern units.
 
 
-def _grating(direction_degrees: float) -> _Drawer:
-    """Stripes whose intensity varies along `direction_degrees` (0: vertical stripes), period 5 to 14 px at 72."""
+def _grating(*directions_degrees: float) -> _Drawer:
+    """Stripes varying along one of `directions_degrees` (0: vertical stripes), period 5 to 14 px at 72."""
 
     def drawer(rng, x, y, pixel):
-        along, _ = _rotated(x, y, _jittered(direction_degrees, rng))
+        along, _ = _rotated(x, y, _jittered(rng.choice(directions_degrees), rng))
         period = rng.uniform(0.14, 0.4)
         return _soft_sign(np.sin(2 * np.pi * along / period + rng.uniform(0, 2 * np.pi)), rng.uniform(0.5, 4.0))
 
@@ -212,6 +216,15 @@ def _spokes(rng, x, y, pixel):
     return _soft_sign(np.sin(spokes * angle + rng.uniform(0, 2 * np.pi)), rng.uniform(1.0, 4.0))
 
 
+def _zigzag(rng, x, y, pixel):
+    """Horizontal stripes bent into a triangle wave along x."""
+    along, across = _rotated(x, y, _jittered(0.0, rng))
+    bend_period, stripe_period = rng.uniform(0.3, 0.5), rng.uniform(0.2, 0.35)
+    triangle = 2.0 / np.pi * np.arcsin(np.sin(2 * np.pi * along / bend_period + rng.uniform(0, 2 * np.pi)))
+    bent = across + rng.uniform(0.06, 0.12) * triangle
+    return _soft_sign(np.sin(2 * np.pi * bent / stripe_period + rng.uniform(0, 2 * np.pi)), rng.uniform(1.0, 4.0))
+
+
 def _cross(rng, x, y, pixel):
     along, across = _rotated(x - rng.uniform(-0.3, 0.3), y - rng.uniform(-0.3, 0.3), _jittered(0.0, rng))
     half_width, half_length = rng.uniform(0.06, 0.14), rng.uniform(0.45, 0.8)
@@ -223,8 +236,7 @@ def _cross(rng, x, y, pixel):
 _CLASSES: tuple[tuple[str, _Drawer], ...] = (
     ("vertical grating", _grating(0.0)),
     ("horizontal grating", _grating(90.0)),
-    ("rising diagonal grating", _grating(45.0)),  # Varies down-right, so the stripes rise: "/".
-    ("falling diagonal grating", _grating(135.0)),
+    ("diagonal grating", _grating(45.0, 135.0)),
     ("checkerboard", _checkerboard),
     ("concentric rings", _rings),
     ("blob", _blob),
@@ -233,6 +245,7 @@ _CLASSES: tuple[tuple[str, _Drawer], ...] = (
     ("polka dots", _polka_dots),
     ("radial spokes", _spokes),
     ("cross", _cross),
+    ("zigzag", _zigzag),
 )
 CLASS_NAMES: tuple[str, ...] = tuple(name for name, _ in _CLASSES)
 _DRAWERS: tuple[_Drawer, ...] = tuple(drawer for _, drawer in _CLASSES)

@@ -33,7 +33,7 @@ _NUM_PARAMS = 9
 # Envelope widths are clipped to [0.05, 1000] pixels: beyond, the model is flat in them anyway (a single
 # pixel, or no envelope), and exp() would overflow into NaN derivatives.
 _LOG_SIGMA_RANGE = (np.log(0.05), np.log(1000.0))
-_FFT_SIZE = 32  # Zero-padded FFT size for the starting frequency: 1/32 cycle/pixel resolution.
+_FFT_SIZE = 32  # Least zero-padded FFT size for the starting frequency: 1/32 cycle/pixel resolution.
 _MAX_FUNCTION_EVALS = 50  # Per start. Gabor-like 11x11 filters converge in under 30; noise wanders on.
 
 
@@ -116,16 +116,17 @@ def _fit_sse(profile: np.ndarray) -> float:
 
 
 def _starting_points(profile: np.ndarray) -> list[np.ndarray]:
-    """Starts from the strongest zero-padded FFT frequency (cosine and sine phase) and a centred blob.
+    """Starts at the strongest zero-padded FFT frequency (cosine and sine phase), and a zero-frequency blob.
 
     The envelope starts at the profile's energy centroid with a width of a quarter of the filter.
     """
     height, width = profile.shape
-    spectrum = np.abs(np.fft.rfft2(profile, s=(_FFT_SIZE, _FFT_SIZE)))
+    fft_size = max(_FFT_SIZE, height, width)
+    spectrum = np.abs(np.fft.rfft2(profile, s=(fft_size, fft_size)))
     spectrum[0, 0] = 0.0
     row, col = np.unravel_index(np.argmax(spectrum), spectrum.shape)
-    fy = np.fft.fftfreq(_FFT_SIZE)[row]
-    fx = np.fft.rfftfreq(_FFT_SIZE)[col]
+    fy = np.fft.fftfreq(fft_size)[row]
+    fx = np.fft.rfftfreq(fft_size)[col]
     x, y = _grid(height, width)
     energy = profile.ravel() ** 2
     x0, y0 = np.sum(x * energy) / np.sum(energy), np.sum(y * energy) / np.sum(energy)

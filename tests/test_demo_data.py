@@ -35,7 +35,7 @@ def test_layout_counts_and_names(tmp_path):
     assert (root / "synset_words.txt").read_text().splitlines() == [
         "n90000000 vertical grating",
         "n90000001 horizontal grating",
-        "n90000002 rising diagonal grating",
+        "n90000002 diagonal grating",
     ]
     assert not (tmp_path / "demo.partial").exists()
 
@@ -96,16 +96,16 @@ def _load(root, split):
 
 
 def _spectrum_features(images):
-    """Log share of the grey image's power in 4 radial x 8 orientation bins of its 2-D spectrum."""
+    """Log share of the grey image's power in 8 radial x 8 orientation bins of its 2-D spectrum."""
     grey = images.mean(axis=-1)
     grey -= grey.mean(axis=(1, 2), keepdims=True)
     power = np.abs(np.fft.fftshift(np.fft.fft2(grey), axes=(1, 2))) ** 2
     size = grey.shape[1]
     fy, fx = np.mgrid[:size, :size] - size // 2
-    radial = np.minimum((np.hypot(fx, fy) / (size / 2) * 4).astype(int), 3)
+    radial = np.minimum((np.hypot(fx, fy) / (size / 2) * 8).astype(int), 7)
     orientation = (np.mod(np.arctan2(fy, fx), np.pi) / np.pi * 8).astype(int) % 8
     bins = (radial * 8 + orientation).ravel()
-    energy = np.stack([np.bincount(bins, weights=p.ravel(), minlength=32) for p in power])
+    energy = np.stack([np.bincount(bins, weights=p.ravel(), minlength=64) for p in power])
     return np.log(energy / energy.sum(axis=1, keepdims=True) + 1e-6)
 
 
@@ -122,11 +122,12 @@ def test_classes_differ_by_pattern_not_by_colour(tmp_path):
     demo_data.generate(str(root), num_classes=10, train_per_class=40, val_per_class=20, size=48, seed=0)
     train_images, train_labels = _load(root, "train")
     val_images, val_labels = _load(root, "val")
-    # Chance is 0.1. Coarse spectral shape already separates most classes...
+    # Chance is 0.1. A nearest-class-mean on the coarse spectrum (0.61 when written) separates many
+    # classes, though not all: the diagonal class has two modes, and dots differ by arrangement...
     spectral = _nearest_class_mean_accuracy(
         _spectrum_features(train_images), train_labels, _spectrum_features(val_images), val_labels
     )
-    assert spectral > 0.5
+    assert spectral > 0.45
     # ...while the mean colour of an image says next to nothing about its class.
     colour = _nearest_class_mean_accuracy(
         train_images.mean(axis=(1, 2)), train_labels, val_images.mean(axis=(1, 2)), val_labels

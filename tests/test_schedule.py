@@ -6,6 +6,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from alexnet_tf import schedule
 
@@ -197,6 +198,19 @@ def test_kill_between_the_schedule_write_and_the_backup_write_under_fit(tmp_path
         assert "6" in json.load(f)["states"]
     resumed_rates = _fit(tmp_path)
     assert resumed_rates == EXPECTED_LR[6:]
+
+
+def test_every_replica_gets_the_reduced_rate_under_mirrored_strategy():
+    # tests/conftest.py splits the CPU into two logical devices.
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = _model()
+    x = np.ones((8, 2), np.float32)
+    callbacks = [_ScriptedValidation(), _callback()]
+    history = model.fit(x, x[:, :1], batch_size=4, epochs=len(CURVE), callbacks=callbacks, verbose=0)
+    assert history.history["learning_rate"] == EXPECTED_LR
+    replicas = strategy.experimental_local_results(model.optimizer.learning_rate.value)
+    assert [np.float32(r.numpy()) for r in replicas] == [np.float32(1e-5)] * 2
 
 
 def test_learning_rate_schedule_is_refused():
