@@ -17,7 +17,7 @@ from alexnet_tf import export, input_pipeline, loading
 from alexnet_tf import flags as flags_lib
 from alexnet_tf.layers import OnDevice
 from alexnet_tf.model import build_alexnet
-from alexnet_tf.weights import load_npy_weights
+from alexnet_tf.weights import load_npy_weights, npy_weights
 from tests import colour_classifier as cc
 
 FLAGS = flags.FLAGS
@@ -210,6 +210,64 @@ def test_bvlc_cfg_describes_caffes_network_and_preprocessing(parse, tmp_path):
     image = preprocess(tf.constant(encoded(np.broadcast_to(rgb, (300, 240, 3)).copy(), "PNG"))).numpy()
     assert image.shape == (227, 227, 3)
     np.testing.assert_array_equal(image, np.broadcast_to([250 - 104, 200 - 117, 10 - 123], image.shape))
+
+
+def caffe_forward(weights, images, lrn_k, lrn_alpha_over_n, lrn_groups):
+    """An independent float64 NumPy AlexNet as Caffe computes it, from bvlc_alexnet.npy-layout weights.
+
+    conv1 11x11/4 unpadded; conv2 5x5 pad 2, conv3-5 3x3 pad 1; conv2, conv4, conv5 in two groups; LRN
+    b = a / (k + alpha/n * sum of the n=5 nearest squares)^0.75 after conv1 and conv2, within each of
+    `lrn_groups` channel groups (2: the paper's towers); 3x3/2 max pooling; fc6 reads pool5 in the file's
+    (row, column, channel) order.
+    """
+    def conv(x, name, stride=1, pad=0, groups=1):
+        kernel, bias = weights[name]
+        x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        size = kernel.shape[0]
+        windows = np.lib.stride_tricks.sliding_window_view(x, (size, size), axis=(1, 2))[:, ::stride, ::stride]
+        outs = [np.einsum("nhwcij,ijco->nhwo", w, k) for w, k in
+                zip(np.split(windows, groups, axis=3), np.split(kernel, groups, axis=3))]
+        return np.maximum(np.concatenate(outs, axis=-1) + bias, 0)
+
+    def lrn(x):
+        parts = []
+        for a in np.split(x, lrn_groups, axis=-1):
+            squares = np.pad(a**2, ((0, 0), (0, 0), (0, 0), (2, 2)))
+            window = sum(squares[..., i:i + a.shape[-1]] for i in range(5))
+            parts.append(a / (lrn_k + lrn_alpha_over_n * window) ** 0.75)
+        return np.concatenate(parts, axis=-1)
+
+    def pool(x):
+        return np.lib.stride_tricks.sliding_window_view(x, (3, 3), axis=(1, 2))[:, ::2, ::2].max(axis=(-2, -1))
+
+    def dense(x, name, relu=True):
+        y = x @ weights[name][0] + weights[name][1]
+        return np.maximum(y, 0) if relu else y
+
+    x = pool(lrn(conv(np.asarray(images, np.float64), "conv1", stride=4)))
+    x = pool(lrn(conv(x, "conv2", pad=2, groups=2)))
+    x = conv(conv(conv(x, "conv3", pad=1), "conv4", pad=1, groups=2), "conv5", pad=1, groups=2)
+    x = pool(x).reshape(len(images), -1)
+    return dense(dense(dense(x, "fc6"), "fc7"), "fc8", relu=False)
+
+
+@pytest.mark.parametrize("flagfile, lrn_k, lrn_alpha_over_n, lrn_groups", [
+    ("bvlc.cfg", 1.0, 1e-4 / 5, 1),  # Caffe's own numbers: alpha 1e-4 over n = 5, k = 1.
+    ("paper.cfg", 2.0, 1e-4, 2),  # Section 3.3: k = 2, alpha 1e-4 on the sum, within each tower.
+])
+def test_predict_images_reproduces_caffes_forward_pass(parse, tmp_path, flagfile, lrn_k, lrn_alpha_over_n,
+                                                       lrn_groups):
+    rng = np.random.default_rng(4)
+    source = build_alexnet(num_classes=10, towers=1, groups=2, image_size=227, width=0.0625, init="he", seed=4)
+    weights = {name: [w, rng.normal(0, 0.1, b.shape).astype(np.float32)]
+               for name, (w, b) in npy_weights(source).items()}
+    np.save(tmp_path / "w.npy", weights, allow_pickle=True)
+    export.run(parse(f"--flagfile={os.path.join(REPO, 'flags', flagfile)}", "--width=0.0625", "--image_size=227",
+                     "--num_classes=10", f"--pretrained={tmp_path / 'w.npy'}", f"--export_dir={tmp_path / 'e'}"))
+    images = rng.normal(0, 60, (2, 227, 227, 3)).astype(np.float32)
+    logits = tf.saved_model.load(str(tmp_path / "e")).signatures["predict_images"](images=images)["logits"]
+    expected = caffe_forward(weights, images, lrn_k, lrn_alpha_over_n, lrn_groups)
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
 def test_bad_requests_for_export_are_refused(parse, tmp_path):
