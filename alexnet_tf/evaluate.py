@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import keras
 import tensorflow as tf
@@ -116,7 +116,7 @@ def run(flags_obj: flags.FlagValues, datasets_override: tf.data.Dataset | None =
     return results
 
 
-def _common(paths: Sequence[str], models: Sequence[keras.Model], get, what: str) -> int:
+def _common(paths: Sequence[str], models: Sequence[keras.Model], get: Callable[[keras.Model], int], what: str) -> int:
     """The value of `get(model)` that every model shares; a UsageError naming them otherwise."""
     values = {path: get(model) for path, model in zip(paths, models)}
     if len(set(values.values())) > 1:

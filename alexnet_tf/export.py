@@ -30,7 +30,8 @@ Trying it on a real JPEG with a narrow random network, from the repository root 
 the plumbing is the point):
 
     python -c "from alexnet_tf.model import build_alexnet; from alexnet_tf.weights import save_npy_weights; \
-        save_npy_weights(build_alexnet(1000, towers=1, image_size=67, width=0.125, init='he', seed=0), '/tmp/narrow.npy')"
+        save_npy_weights(build_alexnet(1000, towers=1, image_size=67, width=0.125, init='he', seed=0), \
+        '/tmp/narrow.npy')"
     python -m alexnet_tf.export --towers=1 --width=0.125 --image_size=67 --pretrained=/tmp/narrow.npy \
         --export_dir=/tmp/alexnet_export
     saved_model_cli show --dir /tmp/alexnet_export --all

@@ -254,7 +254,8 @@ def _window_decoder(kind: str | None, stored_size: int) -> Callable[[tf.Tensor, 
     return decode
 
 
-def _stats(data_dir: str, kind: str, stats_path: str | None, stored_size: int, needed: bool) -> stats_lib.Stats:
+def _stats(data_dir: str | None, kind: str | None, stats_path: str | None, stored_size: int,
+           needed: bool) -> stats_lib.Stats:
     if not needed:  # Not even a stale stats file in data_dir should matter then.
         return stats_lib.default_stats(stored_size)
     return stats_lib.resolve_stats(None if kind == "tfds" else data_dir, stats_path, stored_size)

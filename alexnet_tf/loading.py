@@ -36,10 +36,10 @@ def model_paths(flags_obj: flags.FlagValues) -> list[str]:
     return paths
 
 
-def load_model(path: str, flags_obj: flags.FlagValues, num_classes: int | None = None) -> keras.Model:
+def load_model(path: str, flags_obj: flags.FlagValues) -> keras.Model:
     """The model at `path`: a `.keras` checkpoint, or a bvlc-layout `.npy` file on the model flags.
 
-    For a `.npy` file, fc8 has `num_classes` units (default: --num_classes, else the file's).
+    For a `.npy` file, fc8 has --num_classes units, else as many as the file's fc8.
 
     Raises:
         app.UsageError: the file's weights do not fit the model the flags describe.
@@ -47,7 +47,7 @@ def load_model(path: str, flags_obj: flags.FlagValues, num_classes: int | None =
     if path.endswith(CHECKPOINT_SUFFIX):
         return keras.models.load_model(path, compile=False)
     weights = weights_lib.read_npy(path)
-    num_classes = num_classes or flags_obj.num_classes or len(weights["fc8"][1])
+    num_classes = flags_obj.num_classes or len(weights["fc8"][1])
     model = model_lib.build_alexnet(**flags_lib.model_kwargs(flags_obj, num_classes))
     try:
         weights_lib.load_npy_weights(model, weights)
