@@ -34,7 +34,7 @@ _NUM_PARAMS = 9
 # pixel, or no envelope), and exp() would overflow into NaN derivatives.
 _LOG_SIGMA_RANGE = (np.log(0.05), np.log(1000.0))
 _FFT_SIZE = 32  # Least zero-padded FFT size for the starting frequency: 1/32 cycle/pixel resolution.
-_MAX_FUNCTION_EVALS = 50  # Per start. Gabor-like 11x11 filters converge in under 30; noise wanders on.
+_MAX_FUNCTION_EVALS = 40  # Per start: within 0.003 of converged R^2 on trained filters; noise wanders on.
 
 
 def gabor_fit_r2(filter_: np.ndarray) -> float:
