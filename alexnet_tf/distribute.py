@@ -24,8 +24,13 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     if name in ("one_device", "towers"):
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        devices = [d.name for d in gpus or tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices)
+        if gpus:
+            return tf.distribute.MirroredStrategy([d.name for d in gpus])
+        # Without GPUs, over the logical CPU devices. Reduce on one device rather than with
+        # collective ops: a second MirroredStrategy in one process otherwise fails in
+        # CollectiveReduceV2 (seen when two tests each build one).
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"unknown strategy {name!r}")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_tf import schedule
+from alexnet_tf import distribute, schedule
 
 # A curve scripted so that, with patience 2 and min_delta 0.005, the learning rate is divided by 10 at the
 # end of (0-based) epochs 3, 6 and 9, and never again (the cap of 3 reductions is reached).
@@ -202,7 +202,7 @@ def test_kill_between_the_schedule_write_and_the_backup_write_under_fit(tmp_path
 
 def test_every_replica_gets_the_reduced_rate_under_mirrored_strategy():
     # tests/conftest.py splits the CPU into two logical devices.
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = distribute.make_strategy("mirrored")
     with strategy.scope():
         model = _model()
     x = np.ones((8, 2), np.float32)
