@@ -1,8 +1,11 @@
-"""The paper's image transforms (Sections 2 and 4.1), on single images.
+"""The paper's image transforms (Sections 2 and 4.1).
 
-Conventions: images are HWC, RGB; uint8 or float32 on the 0-255 scale. Randomness is stateless: every random
-transform takes a `seed`, an int32/int64 tensor of shape [2] (see `tf.random.stateless_uniform`), so a fixed
-seed stream gives a repeatable augmentation stream whatever the order in which tf.data runs the work.
+Conventions: images are HWC (or NHWC for batches), RGB, uint8 or float32 on the 0-255 scale. Randomness comes
+from explicit draws (a random integer per image, a [2] seed per batch), so a seeded stream of draws gives a
+repeatable augmentation stream whatever the order in which tf.data runs the work.
+
+The per-image work is the JPEG decoding of the crop; the arithmetic (mean subtraction, PCA colour noise,
+mirroring) runs once per batch in one XLA-fused pass, which as per-image TF ops cost as much as the decoding.
 """
 
 from __future__ import annotations
@@ -11,12 +14,20 @@ import tensorflow as tf
 
 PCA_NOISE_STDDEV = 0.1  # Section 4.1: alpha_i ~ N(0, 0.1).
 PIXEL_SCALE = 255.0  # Eigenvalues are for RGB on [0, 1]; images are on 0-255 (see stats.py).
-NUM_TEN_CROPS = 10  # Section 4.1: four corners and the centre, and their horizontal reflections.
 
 
-def random_crop_offset(stored_size: int, crop_size: int, seed: tf.Tensor) -> tf.Tensor:
-    """A uniformly random top-left corner (y, x), int32 [2], of a crop lying inside the stored image."""
-    return tf.random.stateless_uniform([2], seed, minval=0, maxval=stored_size - crop_size + 1, dtype=tf.int32)
+def random_crop_and_mirror(draw: tf.Tensor, stored_size: int, crop_size: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """A crop position and a mirror decision from one uniform random integer `draw` (int64, >= 0, >= 2^20 wide).
+
+    Returns the top-left corner (y, x), int32 [2], uniform over the positions of a crop inside the stored image
+    (Section 4.1), and a bool scalar, True with probability 1/2 (horizontal reflection, Section 4.1). Integer
+    arithmetic on one draw, because this runs per image where every op adds overhead.
+    """
+    positions = stored_size - crop_size + 1
+    y = tf.math.floormod(draw, positions)
+    x = tf.math.floormod(draw // positions, positions)
+    mirror = tf.math.floormod(draw // (positions * positions), 2) == 1
+    return tf.cast(tf.stack([y, x]), tf.int32), mirror
 
 
 def decode_and_crop(jpeg: tf.Tensor, offset: tf.Tensor, crop_size: int) -> tf.Tensor:
@@ -32,61 +43,58 @@ def decode_and_crop(jpeg: tf.Tensor, offset: tf.Tensor, crop_size: int) -> tf.Te
 
 
 def crop(image: tf.Tensor, offset: tf.Tensor, crop_size: int) -> tf.Tensor:
-    """The `crop_size` square of `image` [H, W, C] whose top-left corner is `offset` (y, x)."""
-    return tf.slice(image, tf.stack([offset[0], offset[1], 0]), [crop_size, crop_size, -1])
+    """The `crop_size` square of `image` [..., H, W, C] whose top-left corner is `offset` (y, x)."""
+    return image[..., offset[0]:offset[0] + crop_size, offset[1]:offset[1] + crop_size, :]
 
 
-def random_mirror(seed: tf.Tensor) -> tf.Tensor:
-    """Whether to mirror an image left-right: a bool scalar, True with probability 0.5 (Section 4.1)."""
-    return tf.random.stateless_uniform([], seed) < 0.5
+def pca_color_shifts(eigval: tf.Tensor, eigvec: tf.Tensor, seed: tf.Tensor, batch_size: tf.Tensor,
+                     stddev: float = PCA_NOISE_STDDEV) -> tf.Tensor:
+    """The paper's PCA colour noise for `batch_size` images: float32 [B, 3], the RGB vector to add to every pixel.
+
+    Section 4.1: [p1, p2, p3] [a1 l1, a2 l2, a3 l3]^T with a_i ~ N(0, stddev) drawn once per image; `eigval`
+    [3] and `eigvec` [3, 3] (columns) are for RGB on [0, 1], so the shift is scaled to the 0-255 scale. `seed` is
+    a [2] integer seed (see tf.random.stateless_normal).
+    """
+    alpha = tf.random.stateless_normal(tf.stack([batch_size, 3]), seed, stddev=stddev)
+    return PIXEL_SCALE * tf.linalg.matmul(alpha * eigval, eigvec, transpose_b=True)
 
 
-# XLA fuses the cast, window read, subtraction, addition and mirroring into one pass over the pixels; as
-# separate TF ops they cost more than the JPEG decoding (measured: 1.3k -> 2.1k images/s per core).
 @tf.function(jit_compile=True)
-def finish_crop(crop: tf.Tensor, mean_image: tf.Tensor, offset: tf.Tensor, rgb_shift: tf.Tensor,
-                mirror: tf.Tensor, bgr: bool = False) -> tf.Tensor:
-    """The model input from a uint8 crop [s, s, 3] taken at `offset` (y, x) of the stored image.
+def finish_crops(crops: tf.Tensor, mean_image: tf.Tensor, offsets: tf.Tensor, rgb_shifts: tf.Tensor,
+                 mirror: tf.Tensor, bgr: bool = False) -> tf.Tensor:
+    """The model input from uint8 crops [B, s, s, 3], crop b taken at `offsets[b]` (y, x) of its stored image.
 
-    Returns float32 [s, s, 3] = crop - the same window of `mean_image` (float32 [S, S, 3], 0-255) + `rgb_shift`
-    ([3]), then mirrored left-right if `mirror` (bool scalar): as in Caffe, the mean is subtracted where the
-    pixel was in the stored image. With `bgr`, the channels are then reversed.
+    Returns float32 [B, s, s, 3]: crop - the same window of `mean_image` (float32 [S, S, 3], 0-255) +
+    `rgb_shifts[b]` ([B, 3]), then mirrored left-right where `mirror` ([B] bool): as in Caffe, the mean is
+    subtracted where the pixel was in the stored image. With `bgr`, the channels are then reversed.
     """
-    size = crop.shape[0]
-    window = tf.slice(mean_image, tf.stack([offset[0], offset[1], 0]), [size, size, 3])
-    image = tf.cast(crop, tf.float32) - window + rgb_shift
-    image = tf.where(mirror, tf.reverse(image, axis=[1]), image)
-    return tf.reverse(image, axis=[2]) if bgr else image
-
-
-def pca_color_shift(eigval: tf.Tensor, eigvec: tf.Tensor, seed: tf.Tensor,
-                    stddev: float = PCA_NOISE_STDDEV) -> tf.Tensor:
-    """The paper's PCA colour noise for one image: the RGB vector float32 [3] to add to every pixel.
-
-    Section 4.1: [p1, p2, p3] [a1 l1, a2 l2, a3 l3]^T with a_i ~ N(0, stddev), drawn once per image; `eigval`
-    [3] and `eigvec` [3, 3] (columns) are for RGB on [0, 1], so the shift is scaled to the 0-255 scale.
-    """
-    alpha = tf.random.stateless_normal([3], seed, stddev=stddev)
-    return PIXEL_SCALE * tf.linalg.matvec(eigvec, alpha * eigval)
+    size = crops.shape[1]
+    # Gathers, not slices: XLA takes a slice's start as a compile-time constant and would compile one kernel per
+    # crop position (1089 for 224 of 256).
+    steps = tf.range(size)
+    rows = tf.gather(mean_image, offsets[:, :1] + steps)  # [B, s, S, 3]
+    windows = tf.gather(rows, offsets[:, 1:] + steps, axis=2, batch_dims=1)  # [B, s, s, 3]
+    images = tf.cast(crops, tf.float32) - windows + rgb_shifts[:, tf.newaxis, tf.newaxis, :]
+    images = tf.where(mirror[:, tf.newaxis, tf.newaxis, tf.newaxis], tf.reverse(images, axis=[2]), images)
+    return tf.reverse(images, axis=[3]) if bgr else images
 
 
 def central_crop(image: tf.Tensor, size: int) -> tf.Tensor:
-    """The centre `size` square of `image` [H, W, C]; odd margins put the extra pixel bottom/right."""
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    offset = tf.stack([(height - size) // 2, (width - size) // 2])
-    return crop(image, offset, size)
+    """The centre `size` square of `image` [..., H, W, C]; odd margins put the extra pixel bottom/right."""
+    height, width = tf.shape(image)[-3], tf.shape(image)[-2]
+    return crop(image, tf.stack([(height - size) // 2, (width - size) // 2]), size)
 
 
 def ten_crops(image: tf.Tensor, size: int) -> tf.Tensor:
-    """The paper's ten test patches of `image` [H, W, C] (Section 4.1): [10, size, size, C].
+    """The paper's ten test patches (Section 4.1) of `image` [..., H, W, C]: [..., 10, size, size, C].
 
     Order: top-left, top-right, bottom-left, bottom-right, centre; then the same five mirrored left-right.
     """
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    height, width = tf.shape(image)[-3], tf.shape(image)[-2]
     bottom, right = height - size, width - size
-    offsets = [(0, 0), (0, right), (bottom, 0), (bottom, right), ((height - size) // 2, (width - size) // 2)]
-    crops = tf.stack([crop(image, tf.stack(offset), size) for offset in offsets])
-    return tf.concat([crops, tf.reverse(crops, axis=[2])], axis=0)
+    corners = [(0, 0), (0, right), (bottom, 0), (bottom, right), (bottom // 2, right // 2)]
+    crops = tf.stack([crop(image, tf.stack(corner), size) for corner in corners], axis=-4)
+    return tf.concat([crops, tf.reverse(crops, axis=[-2])], axis=-4)
 
 
 def resize_shorter_and_centre_crop(image: tf.Tensor, size: int) -> tf.Tensor:

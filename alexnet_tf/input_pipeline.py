@@ -250,7 +250,8 @@ def _window_decoder(kind: str | None, stored_size: int) -> Callable[[tf.Tensor, 
 
     def decode(encoded: tf.Tensor, offset: tf.Tensor, size: int) -> tf.Tensor:
         image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-        return augment.crop(augment.resize_shorter_and_centre_crop(image, stored_size), offset, size)
+        window = augment.crop(augment.resize_shorter_and_centre_crop(image, stored_size), offset, size)
+        return tf.ensure_shape(window, [size, size, 3])
     return decode
 
 
@@ -321,27 +322,31 @@ def make_train_dataset(data_dir: str, batch_size: int, *, image_size: int = IMAG
     mean_image = _mean_image(mean, stats, mean_rgb)
     eigval, eigvec = tf.constant(stats.eigval), tf.constant(stats.eigvec)
 
-    def transform(record: tuple[tf.Tensor, tf.Tensor], seed_pair: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def decode(record: tuple[tf.Tensor, tf.Tensor], draws: tf.Tensor) -> tuple[tf.Tensor, ...]:
         encoded, label = record
-        crop_seed, flip_seed, pca_seed = tf.unstack(tf.random.experimental.stateless_split(seed_pair, 3))
-        offset = augment.random_crop_offset(stored_size, image_size, crop_seed)
-        rgb_shift = augment.pca_color_shift(eigval, eigvec, pca_seed) if pca_noise else tf.zeros([3])
-        image = augment.finish_crop(decode_window(encoded, offset, image_size), mean_image, offset, rgb_shift,
-                                    augment.random_mirror(flip_seed), channel_order == "BGR")
-        return image, tf.cast(label, tf.int32)
+        offset, mirror = augment.random_crop_and_mirror(draws[0], stored_size, image_size)
+        return decode_window(encoded, offset, image_size), offset, mirror, draws, tf.cast(label, tf.int32)
+
+    def finish(crops, offsets, mirror, draws, labels) -> tuple[tf.Tensor, tf.Tensor]:
+        count = tf.shape(crops)[0]
+        # One noise seed per batch: the first example's pair of draws.
+        rgb_shifts = augment.pca_color_shifts(eigval, eigvec, draws[0], count) if pca_noise else tf.zeros([count, 3])
+        return augment.finish_crops(crops, mean_image, offsets, rgb_shifts, mirror, channel_order == "BGR"), labels
 
     records = _encoded_records(data_dir, kind, TRAIN, training=True, seed=seed, deterministic=deterministic,
                                val_labels=None)
     if kind != "ilsvrc":
         records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    # One stateless seed pair per example, drawn afresh each iteration: augmentation is then independent of the
-    # order in which parallel map calls run.
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    dataset = tf.data.Dataset.zip(records, seeds).map(transform, num_parallel_calls=tf.data.AUTOTUNE,
+    # Two random integers per example, drawn afresh each iteration: the augmentation of an example is then
+    # independent of the order in which parallel map calls run.
+    draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    dataset = tf.data.Dataset.zip(records, draws).map(decode, num_parallel_calls=tf.data.AUTOTUNE,
                                                       deterministic=deterministic)
     if kind != "prepared":
         dataset = dataset.ignore_errors(log_warning=True)
-    dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    dataset = dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return _with_options(dataset, deterministic, threads)
 
 
@@ -368,8 +373,9 @@ def make_eval_transform(data_dir: str | None, *, image_size: int = IMAGENET_CROP
 
     def transform(encoded: tf.Tensor) -> tf.Tensor:
         offset = tf.constant(window_offset, tf.int32)
-        image = augment.finish_crop(decode_window(encoded, offset, window_size), mean_image, offset, tf.zeros([3]),
-                                    tf.constant(False), channel_order == "BGR")
+        window = decode_window(encoded, offset, window_size)
+        image = augment.finish_crops(window[tf.newaxis], mean_image, offset[tf.newaxis], tf.zeros([1, 3]),
+                                     tf.zeros([1], tf.bool), channel_order == "BGR")[0]
         return augment.ten_crops(image, image_size) if ten_crop else image
     return transform
 

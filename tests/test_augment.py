@@ -26,6 +26,10 @@ def test_ten_crops_geometry_and_order():
     for i, patch in enumerate(expected):
         np.testing.assert_array_equal(crops[i], patch)
         np.testing.assert_array_equal(crops[i + 5], patch[:, ::-1])
+    batch = augment.ten_crops(tf.constant(np.stack([image, -image])), 5).numpy()  # Batches work alike.
+    assert batch.shape == (2, 10, 5, 5, 3)
+    np.testing.assert_array_equal(batch[0], crops)
+    np.testing.assert_array_equal(batch[1], -crops)
 
 
 def test_central_crop_puts_the_odd_pixel_bottom_right():
@@ -34,45 +38,47 @@ def test_central_crop_puts_the_odd_pixel_bottom_right():
     np.testing.assert_array_equal(augment.ten_crops(tf.constant(image), 4)[4].numpy(), image[1:5, 2:6])
 
 
-def test_random_crop_offsets_cover_every_position_inside_the_image():
-    offsets = np.array([augment.random_crop_offset(10, 7, _seed(i)).numpy() for i in range(300)])
-    assert offsets.min() == 0 and offsets.max() == 3  # 10 - 7: the crop never leaves the image.
-    assert len({tuple(o) for o in offsets}) == 16  # All 4 x 4 corners occur.
-    np.testing.assert_array_equal(augment.random_crop_offset(10, 7, _seed(5)), augment.random_crop_offset(
-        10, 7, _seed(5)))
-
-
-def test_random_mirror_is_a_fair_coin():
-    mirrors = [bool(augment.random_mirror(_seed(i))) for i in range(400)]
+def test_random_crop_and_mirror_covers_every_position_inside_the_image_and_both_mirrors():
+    # With 4 x 4 positions (crop 7 of 10), 32 consecutive draws give each (y, x, mirror) exactly once.
+    results = [augment.random_crop_and_mirror(tf.constant(d, tf.int64), 10, 7) for d in range(1000, 1032)]
+    combos = {(int(offset[0]), int(offset[1]), bool(mirror)) for offset, mirror in results}
+    assert combos == {(y, x, m) for y in range(4) for x in range(4) for m in (False, True)}
+    draws = np.random.default_rng(0).integers(0, 2**32, 2000)
+    mirrors = [bool(augment.random_crop_and_mirror(tf.constant(d, tf.int64), 256, 224)[1]) for d in draws[:400]]
     assert 160 < sum(mirrors) < 240
+    offsets = np.array([augment.random_crop_and_mirror(tf.constant(d, tf.int64), 256, 224)[0] for d in draws[:400]])
+    assert offsets.min() >= 0 and offsets.max() <= 32  # The 224 crop never leaves the 256 image.
 
 
-def test_finish_crop_subtracts_the_mean_window_shifts_and_mirrors():
+def test_finish_crops_subtracts_the_mean_window_shifts_and_mirrors():
     rng = np.random.default_rng(0)
-    stored = rng.integers(0, 256, (10, 10, 3)).astype(np.uint8)
+    stored = rng.integers(0, 256, (2, 10, 10, 3)).astype(np.uint8)
     mean_image = rng.uniform(0, 255, (10, 10, 3)).astype(np.float32)
-    offset, shift = (2, 3), np.array([1.5, -2.0, 3.25], np.float32)
-    crop = stored[2:8, 3:9]
-    expected = crop.astype(np.float32) - mean_image[2:8, 3:9] + shift
-    args = (tf.constant(crop), tf.constant(mean_image), tf.constant(offset), tf.constant(shift))
-    np.testing.assert_allclose(augment.finish_crop(*args, tf.constant(False)), expected, rtol=1e-6)
+    offsets = np.array([(2, 3), (4, 0)], np.int32)
+    shifts = np.array([[1.5, -2.0, 3.25], [0.0, 10.0, -5.0]], np.float32)
+    crops = np.stack([stored[b, y:y + 6, x:x + 6] for b, (y, x) in enumerate(offsets)])
+    expected = np.stack([crops[b] - mean_image[y:y + 6, x:x + 6] + shifts[b] for b, (y, x) in enumerate(offsets)])
+    args = (tf.constant(crops), tf.constant(mean_image), tf.constant(offsets), tf.constant(shifts))
+    np.testing.assert_allclose(augment.finish_crops(*args, tf.constant([False, False])), expected, rtol=1e-6)
     # The mirror flips the mean-subtracted crop: the mean is taken where each pixel was in the stored image.
-    np.testing.assert_allclose(augment.finish_crop(*args, tf.constant(True)), expected[:, ::-1], rtol=1e-6)
-    np.testing.assert_allclose(augment.finish_crop(*args, tf.constant(True), bgr=True), expected[:, ::-1, ::-1],
-                               rtol=1e-6)
+    mirrored = augment.finish_crops(*args, tf.constant([True, False])).numpy()
+    np.testing.assert_allclose(mirrored[0], expected[0, :, ::-1], rtol=1e-6)
+    np.testing.assert_allclose(mirrored[1], expected[1], rtol=1e-6)
+    bgr = augment.finish_crops(*args, tf.constant([True, False]), bgr=True).numpy()
+    np.testing.assert_array_equal(bgr, mirrored[..., ::-1])
 
 
-def test_pca_color_shift_follows_the_paper_formula_and_statistics():
+def test_pca_color_shifts_follow_the_paper_formula_and_statistics():
     eigval = tf.constant(stats.IMAGENET_EIGVAL, tf.float32)
     eigvec = tf.constant(stats.IMAGENET_EIGVEC, tf.float32)
-    alpha = tf.random.stateless_normal([3], _seed(1), stddev=augment.PCA_NOISE_STDDEV).numpy()
-    expected = 255.0 * np.asarray(stats.IMAGENET_EIGVEC) @ (alpha * np.asarray(stats.IMAGENET_EIGVAL))
-    np.testing.assert_allclose(augment.pca_color_shift(eigval, eigvec, _seed(1)), expected, rtol=1e-5)
-    shifts = np.array([augment.pca_color_shift(eigval, eigvec, _seed(i)).numpy() for i in range(2000)])
+    shifts = augment.pca_color_shifts(eigval, eigvec, _seed(1), 4000).numpy()
+    alpha = tf.random.stateless_normal([4000, 3], _seed(1), stddev=augment.PCA_NOISE_STDDEV).numpy()
+    expected = 255.0 * (alpha * np.asarray(stats.IMAGENET_EIGVAL)) @ np.asarray(stats.IMAGENET_EIGVEC).T
+    np.testing.assert_allclose(shifts, expected, rtol=1e-4, atol=1e-4)
     # Projected on the eigenvectors, the shifts have standard deviations 255 * 0.1 * eigval (to sampling error).
     projected = shifts @ np.asarray(stats.IMAGENET_EIGVEC)
-    np.testing.assert_allclose(projected.std(axis=0), 25.5 * np.asarray(stats.IMAGENET_EIGVAL), rtol=0.08)
-    np.testing.assert_allclose(projected.mean(axis=0), 0.0, atol=0.25)
+    np.testing.assert_allclose(projected.std(axis=0), 25.5 * np.asarray(stats.IMAGENET_EIGVAL), rtol=0.06)
+    np.testing.assert_allclose(projected.mean(axis=0), 0.0, atol=0.2)
 
 
 @pytest.mark.parametrize("shape", [(12, 20), (40, 30), (64, 64)])
