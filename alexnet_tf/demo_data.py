@@ -36,7 +36,7 @@ from PIL import Image
 DEFAULT_NUM_CLASSES = 10
 DEFAULT_TRAIN_PER_CLASS = 300
 DEFAULT_VAL_PER_CLASS = 50
-DEFAULT_SIZE = 72  # Stored side in pixels; the demo trains on 64-pixel crops of it.
+DEFAULT_SIZE = 72  # Image side in pixels: room for random 64-pixel training crops.
 NAMES_FILE = "synset_words.txt"
 JPEG_QUALITY = 90
 _WNID_BASE = 90_000_000  # Beyond ImageNet's n0... and n1... ids, so the fake ids never collide with real ones.
@@ -69,7 +69,7 @@ def generate(
       num_classes: number of classes, the first ones of `CLASS_NAMES`, in [2, len(CLASS_NAMES)].
       train_per_class, val_per_class: images per class in each split, >= 1.
       size: image side in pixels, >= 16.
-      seed: any integer; the data are a function of the seed and the other arguments.
+      seed: a non-negative integer; the data are a function of the seed and the other arguments.
     """
     if not 2 <= num_classes <= len(CLASS_NAMES):
         raise ValueError(f"num_classes must be in [2, {len(CLASS_NAMES)}], got {num_classes}.")

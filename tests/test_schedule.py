@@ -207,10 +207,10 @@ def test_every_replica_gets_the_reduced_rate_under_mirrored_strategy():
         model = _model()
     x = np.ones((8, 2), np.float32)
     callbacks = [_ScriptedValidation(), _callback()]
-    history = model.fit(x, x[:, :1], batch_size=4, epochs=len(CURVE), callbacks=callbacks, verbose=0)
-    assert history.history["learning_rate"] == EXPECTED_LR
+    history = model.fit(x, x[:, :1], batch_size=4, epochs=5, callbacks=callbacks, verbose=0)
+    assert history.history["learning_rate"] == EXPECTED_LR[:5]  # Reduced at the end of epoch 3.
     replicas = strategy.experimental_local_results(model.optimizer.learning_rate.value)
-    assert [np.float32(r.numpy()) for r in replicas] == [np.float32(1e-5)] * 2
+    assert [np.float32(r.numpy()) for r in replicas] == [np.float32(1e-3)] * 2
 
 
 def test_learning_rate_schedule_is_refused():
