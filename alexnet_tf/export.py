@@ -54,8 +54,9 @@ from alexnet_tf import flags as flags_lib
 from alexnet_tf import input_pipeline, loading
 
 FLAGS = flags.FLAGS
-TOP_K = 5  # Section 6: top-5 error, "the fraction of test images for which the correct label is not
-# among the five labels considered most probable by the model".
+# Section 6: the top-5 error counts "the fraction of test images for which the correct label is not among
+# the five labels considered most probable by the model".
+TOP_K = 5
 SERVING_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "predict_images"
 
@@ -82,7 +83,7 @@ def make_archive(model: keras.Model, preprocess: Callable[[tf.Tensor], tf.Tensor
     """
     size = loading.image_size(model)
     k = min(top_k, len(names))
-    names = tf.constant(list(names), tf.string)
+    name_table = tf.constant(list(names), tf.string)
 
     def predict_images(images: tf.Tensor) -> dict[str, tf.Tensor]:
         # A caller may bypass the signature's static shape (a flat call, a TF1 session feed); a wrong size
@@ -95,7 +96,7 @@ def make_archive(model: keras.Model, preprocess: Callable[[tf.Tensor], tf.Tensor
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
         batch = tf.map_fn(preprocess, images, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
         scores, classes = tf.math.top_k(predict_images(batch)["probabilities"], k)
-        return {"classes": tf.cast(classes, tf.int64), "scores": scores, "labels": tf.gather(names, classes)}
+        return {"classes": tf.cast(classes, tf.int64), "scores": scores, "labels": tf.gather(name_table, classes)}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
