@@ -19,6 +19,7 @@ from alexnet_tf.layers import OnDevice
 from alexnet_tf.model import build_alexnet
 from alexnet_tf.weights import load_npy_weights, npy_weights
 from tests import colour_classifier as cc
+from tests import imagenet_like
 
 FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -145,12 +146,6 @@ def test_placed_two_tower_model_exports_and_serves_without_the_package(parse, tm
     assert f"predict_images: images must be float32 [N, {cc.IMAGE_SIZE}, {cc.IMAGE_SIZE}, 3]" in errors["wrong_size"]
 
 
-def smooth(rng, height, width) -> np.ndarray:
-    y, x = np.mgrid[0:height, 0:width] / max(height, width)
-    base = rng.uniform(40, 200, 3) + rng.uniform(-80, 80, 3) * x[..., None] + rng.uniform(-80, 80, 3) * y[..., None]
-    return np.clip(base + rng.normal(0, 6, (height, width, 3)), 0, 255).astype(np.uint8)
-
-
 def test_serving_preprocesses_exactly_as_evaluation(parse, tmp_path):
     """Bytes through `serving_default` == evaluation's images through `predict_images`, on an ILSVRC folder."""
     rng = np.random.default_rng(1)
@@ -159,7 +154,7 @@ def test_serving_preprocesses_exactly_as_evaluation(parse, tmp_path):
     for label, (height, width, format) in enumerate(sizes):
         os.makedirs(tmp_path / "raw" / "val" / cc.wnid(label))
         (tmp_path / "raw" / "val" / cc.wnid(label) / f"x.{format.lower()}").write_bytes(
-            encoded(smooth(rng, height, width), format))
+            encoded(imagenet_like.smooth_image(rng, height, width), format))
     model = build_alexnet(num_classes=len(sizes), width=cc.WIDTH, image_size=cc.IMAGE_SIZE, init="he", seed=3,
                           tower_devices=TOWER_DEVICES)
     model.save(tmp_path / "random.keras")
