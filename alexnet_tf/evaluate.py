@@ -24,6 +24,7 @@ which tests call in-process with tiny datasets, and `main`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -55,7 +56,8 @@ def evaluate(models: Sequence[keras.Model], dataset: tf.data.Dataset, num_exampl
     Returns:
         {"num_images": int, "top1_error": float, "top5_error": float}.
     """
-    predict = tf.function(lambda images: loading.averaged_probabilities(models, images), reduce_retracing=True)
+    predict = tf.function(functools.partial(loading.averaged_probabilities, models), autograph=False,
+                          reduce_retracing=True)
     metrics = [TopKError(k) for k in TOP_K]
     progbar = keras.utils.Progbar(num_examples, verbose=verbose, unit_name="image",
                                   stateful_metrics=[m.name for m in metrics])

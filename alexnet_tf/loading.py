@@ -68,7 +68,7 @@ def num_classes(model: keras.Model) -> int:
 def unplaced(model: keras.Model) -> keras.Model:
     """`model` without device placement: every `OnDevice` wrapper with device None, same weights.
 
-    Placement only matters on GPUs; an exported or CPU-evaluated model must not name them.
+    Placement only matters on GPUs; a SavedModel for serving must not name devices its server may lack.
     Returns `model` itself when nothing in it is placed.
     """
     if not any(isinstance(layer, OnDevice) and layer.device for layer in model.layers):
