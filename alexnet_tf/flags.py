@@ -54,6 +54,9 @@ def _define_model_flags() -> None:
     flags.DEFINE_enum("activation", "relu", ["relu", "tanh"], "Nonlinearity (section 3.1).")
     flags.DEFINE_float("dropout", model.DROPOUT_RATE, "Dropout rate on fc6 and fc7 (section 4.2).")
     flags.DEFINE_enum("init", "paper", ["paper", "he"], "Initialization: the paper's (section 5) or He-normal.")
+    flags.DEFINE_float("input_scale", 1.0, "Multiplies the preprocessed input (1.0: the paper's 0-255 values; "
+                       "1/64: about unit variance).")
+    flags.register_validator("input_scale", lambda v: v > 0, "--input_scale must be > 0")
     flags.DEFINE_list("tower_devices", ["/GPU:0", "/GPU:1"], "The two devices of --strategy=towers.")
     for name, low in [("image_size", 63), ("lrn_depth", 1)]:
         flags.register_validator(name, lambda v, low=low: v >= low, f"--{name} must be >= {low}")
@@ -164,5 +167,6 @@ def model_kwargs(flag_values: flags.FlagValues, num_classes: int) -> dict:
         activation=flag_values.activation,
         dropout=flag_values.dropout,
         init=flag_values.init,
+        input_scale=flag_values.input_scale,
         seed=flag_values.seed,
     )

@@ -72,6 +72,7 @@ def build_alexnet(
     dropout: float = DROPOUT_RATE,
     init: str = "paper",
     conv1_padding: str | int = "auto",
+    input_scale: float = 1.0,
     seed: int | None = None,
     name: str = "alexnet",
 ) -> keras.Model:
@@ -101,6 +102,9 @@ def build_alexnet(
             from scratch without the loss sticking at ln(num_classes) that the paper's init can
             cause in reproductions).
         conv1_padding: "auto" (see the module docstring), or pixels of zero padding per side.
+        input_scale: multiplies the input first (a weightless Rescaling layer). 1.0 is the
+            paper's raw mean-subtracted 0-255 values; 1/64 brings them to about unit variance,
+            which lets narrow networks with He initialization train at the paper's learning rate.
         seed: seeds the initializers (layer i gets seed + i); None uses Keras' global seed.
         name: the model's name.
     """
@@ -150,7 +154,7 @@ def build_alexnet(
                 groups=groups,
                 activation=activation,
                 name=layer_name,
-                **_initializers(base, init, next(seeds)),
+                **_initializers(base, init, next(seeds), input_scale),
             )
 
         return make
@@ -162,10 +166,12 @@ def build_alexnet(
         return keras.layers.MaxPooling2D(pool_size, pool_stride, name=layer_name)
 
     def dense(base: str, units: int, **kwargs: Any) -> keras.layers.Layer:
-        return keras.layers.Dense(units, name=base, **_initializers(base, init, next(seeds)), **kwargs)
+        return keras.layers.Dense(units, name=base, **_initializers(base, init, next(seeds), input_scale), **kwargs)
 
     inputs = keras.Input((image_size, image_size, 3), name="images")
     x = inputs
+    if input_scale != 1.0:
+        x = place(keras.layers.Rescaling(input_scale, name="input_scale"), devices[0])(x)
     if padding:
         x = place(keras.layers.ZeroPadding2D(padding, name="conv1_pad"), devices[0])(x)
     xs = [x] * towers
@@ -221,11 +227,11 @@ def _scaled(count: int, width: float) -> int:
     return max(1, int(round(count * width)))
 
 
-def _initializers(base: str, init: str, seed: int | None) -> dict[str, Any]:
+def _initializers(base: str, init: str, seed: int | None, input_scale: float) -> dict[str, Any]:
     if init == "he":
-        # He-normal assumes unit-variance inputs; conv1 reads pixels on the 0-255 scale, so its
-        # variance is divided by the pixels' (ImageNet's RGB standard deviation is about 58).
-        scale = 2.0 / PIXEL_STDDEV**2 if base == "conv1" else 2.0
+        # He-normal assumes unit-variance inputs; conv1 reads pixels on the 0-255 scale times
+        # input_scale, so its variance is divided by theirs (ImageNet's RGB stddev is about 58).
+        scale = 2.0 / (PIXEL_STDDEV * input_scale) ** 2 if base == "conv1" else 2.0
         kernel = keras.initializers.VarianceScaling(scale, "fan_in", "truncated_normal", seed)
         return {"kernel_initializer": kernel, "bias_initializer": "zeros"}
     bias = 1.0 if base in BIAS_ONE_LAYERS else 0.0

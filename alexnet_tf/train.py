@@ -56,7 +56,7 @@ class Datasets:
 def create_datasets(flags_obj: flags.FlagValues, batch_size: int) -> Datasets:
     data_dir = flags_obj.data_dir
     common = dict(image_size=flags_obj.image_size, mean=flags_obj.mean, stats_path=flags_obj.stats_path,
-                  channel_order=flags_obj.channel_order)
+                  channel_order=flags_obj.channel_order, mean_rgb=flags_lib.mean_rgb(flags_obj))
     train = input_pipeline.make_train_dataset(
         data_dir, batch_size, seed=flags_obj.seed, deterministic=flags_obj.deterministic,
         pca_noise=flags_obj.pca_noise, shuffle_buffer=flags_obj.shuffle_buffer, **common)
