@@ -113,16 +113,21 @@ def run(flags_obj: flags.FlagValues) -> dict[str, Any]:
     paths = loading.model_paths(flags_obj)
     if len(paths) > 1:
         raise app.UsageError("export writes one model: --ensemble is for evaluation")
-    model = loading.unplaced(loading.load_model(paths[0], flags_obj))
+    results = export_model(loading.load_model(paths[0], flags_obj), flags_obj, flags_obj.export_dir)
+    return {**results, "model": paths[0]}
+
+
+def export_model(model: keras.Model, flags_obj: flags.FlagValues, export_dir: str) -> dict[str, Any]:
+    """Writes `model` with the serving preprocessing the data flags describe to `export_dir`."""
+    model = loading.unplaced(model)
     names = class_names(flags_obj.data_dir, loading.num_classes(model))
     preprocess = input_pipeline.make_eval_transform(
         flags_obj.data_dir, image_size=loading.image_size(model), mean=flags_obj.mean,
         stats_path=flags_obj.stats_path, channel_order=flags_obj.channel_order,
         mean_rgb=flags_lib.mean_rgb(flags_obj), any_image=True)
-    make_archive(model, preprocess, names).write_out(flags_obj.export_dir, verbose=False)
-    return {"export_dir": flags_obj.export_dir, "model": paths[0], "signatures": [SERVING_SIGNATURE, IMAGES_SIGNATURE],
+    make_archive(model, preprocess, names).write_out(export_dir, verbose=False)
+    return {"export_dir": export_dir, "signatures": [SERVING_SIGNATURE, IMAGES_SIGNATURE],
             "image_size": loading.image_size(model), "num_classes": len(names)}
-
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:

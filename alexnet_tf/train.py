@@ -29,14 +29,12 @@ import tensorflow as tf
 from absl import app, flags, logging
 from PIL import Image
 
-from alexnet_tf import distribute, input_pipeline, model as model_lib
+from alexnet_tf import distribute, export, input_pipeline, summaries, model as model_lib
 from alexnet_tf import flags as flags_lib
 from alexnet_tf import weights as weights_lib
 from alexnet_tf.metrics import TopKError
 from alexnet_tf.optimizer import PaperSGD
 from alexnet_tf.schedule import PlateauSchedule
-from alexnet_tf import summaries
-from alexnet_tf.summaries import Conv1Summaries
 
 FLAGS = flags.FLAGS
 CHECKPOINT_PATTERN = "epoch_{epoch:03d}.keras"
@@ -172,7 +170,7 @@ def create_callbacks(flags_obj: flags.FlagValues, model_dir: str, batch_size: in
             keras.callbacks.ModelCheckpoint(os.path.join(checkpoint_dir, CHECKPOINT_PATTERN)),
             KeepLastCheckpoints(checkpoint_dir, flags_obj.keep_checkpoints),
             keras.callbacks.TensorBoard(log_dir, update_freq="epoch"),
-            Conv1Summaries(log_dir, is_chief=chief),
+            summaries.Conv1Summaries(log_dir, is_chief=chief),
         ]
     return callbacks, throughput
 
@@ -220,6 +218,8 @@ def run(flags_obj: flags.FlagValues, strategy_override: tf.distribute.Strategy |
     results = summarize(flags_obj, history, throughput)
     if chief:
         results["conv1_png"] = write_conv1_png(model, os.path.join(flags_obj.model_dir, "conv1.png"))
+        export_dir = flags_obj.export_dir or os.path.join(flags_obj.model_dir, "export")
+        results["export_dir"] = export.export_model(model, flags_obj, export_dir)["export_dir"]
         with open(os.path.join(flags_obj.model_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
     return results
@@ -275,7 +275,13 @@ def main(argv: list[str]) -> None:
     except (FileNotFoundError, app.UsageError) as error:
         # A missing dataset or an impossible combination of flags: one line, no traceback.
         sys.exit(f"train: error: {error}")
-    print(json.dumps(results, indent=2))
+    print(f"Validation top-1 error {results['val_top1_error']}, top-5 error {results['val_top5_error']} "
+          f"after {results['epochs']} epochs.")
+    for what, where in [("Checkpoint", results["checkpoint"]),
+                        ("TensorBoard", f"tensorboard --logdir {results['tensorboard_logdir']}"),
+                        ("SavedModel", results.get("export_dir")), ("conv1 filters", results.get("conv1_png")),
+                        ("Results", os.path.join(FLAGS.model_dir, "results.json"))]:
+        print(f"{what + ':':15}{where}")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,8 @@ def test_run_trains_and_writes_results(parse, data_dir, tmp_path, strategy):
     assert results["checkpoint"].endswith("epoch_002.keras") and os.path.exists(results["checkpoint"])
     assert sorted(os.listdir(os.path.join(model_dir, "logs"))) == ["conv1", "train", "validation"]
     assert results["conv1_png"] == os.path.join(model_dir, "conv1.png") and os.path.exists(results["conv1_png"])
+    assert results["export_dir"] == os.path.join(model_dir, "export")
+    assert tf.saved_model.load(results["export_dir"]).signatures.keys() >= {"serving_default", "predict_images"}
 
 
 def test_mirrored_strategy_uses_both_logical_devices(parse, data_dir, tmp_path):
