@@ -345,6 +345,9 @@ def make_train_dataset(data_dir: str, batch_size: int, *, image_size: int = IMAG
     if kind != "prepared":
         dataset = dataset.ignore_errors(log_warning=True)
     dataset = dataset.batch(batch_size, drop_remainder=True)
+    if kind == "prepared":
+        # A known length lets Keras size its epochs and progress bar instead of running out of data.
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_examples(data_dir, TRAIN) // batch_size))
     dataset = dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return _with_options(dataset, deterministic, threads)
@@ -402,6 +405,10 @@ def make_eval_dataset(data_dir: str, batch_size: int, *, image_size: int = IMAGE
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if kind != "prepared":
         dataset = dataset.ignore_errors(log_warning=True)
-    dataset = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size)
+    if kind == "prepared":
+        batches = -(-num_examples(data_dir, split) // batch_size)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return _with_options(dataset, True, threads)
 

@@ -46,10 +46,22 @@ def filtered_stderr() -> Iterator[None]:
 
 
 def import_tensorflow() -> None:
-    """Imports TensorFlow and lists its devices (the CUDA probe) with the noise filtered."""
+    """Imports TensorFlow and lists its devices (the CUDA probe) with the noise filtered.
+
+    Also hides TensorFlow's own INFO lines (C++ and Python: dataset buffer sizes, XLA service
+    start-up, SavedModel asset writes) unless TF_CPP_MIN_LOG_LEVEL is set; warnings and errors
+    still show.
+    """
     if "tensorflow" in sys.modules:
         return
+    if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"
+        quiet_python_logs = True
+    else:
+        quiet_python_logs = False
     with filtered_stderr():
         import tensorflow as tf
 
         tf.config.list_physical_devices()
+    if quiet_python_logs:
+        tf.get_logger().setLevel("WARNING")

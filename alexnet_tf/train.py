@@ -219,7 +219,12 @@ def run(flags_obj: flags.FlagValues, strategy_override: tf.distribute.Strategy |
     if chief:
         results["conv1_png"] = write_conv1_png(model, os.path.join(flags_obj.model_dir, "conv1.png"))
         export_dir = flags_obj.export_dir or os.path.join(flags_obj.model_dir, "export")
-        results["export_dir"] = export.export_model(model, flags_obj, export_dir)["export_dir"]
+        verbosity = logging.get_verbosity()
+        logging.set_verbosity(logging.WARNING)  # TensorFlow's SavedModel writer logs every step at INFO.
+        try:
+            results["export_dir"] = export.export_model(model, flags_obj, export_dir)["export_dir"]
+        finally:
+            logging.set_verbosity(verbosity)
         with open(os.path.join(flags_obj.model_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
     return results
@@ -275,8 +280,8 @@ def main(argv: list[str]) -> None:
     except (FileNotFoundError, app.UsageError) as error:
         # A missing dataset or an impossible combination of flags: one line, no traceback.
         sys.exit(f"train: error: {error}")
-    print(f"Validation top-1 error {results['val_top1_error']}, top-5 error {results['val_top5_error']} "
-          f"after {results['epochs']} epochs.")
+    print(f"Validation top-1 error {results['val_top1_error']:.4f}, top-5 error "
+          f"{results['val_top5_error']:.4f} after {results['epochs']} epochs.")
     for what, where in [("Checkpoint", results["checkpoint"]),
                         ("TensorBoard", f"tensorboard --logdir {results['tensorboard_logdir']}"),
                         ("SavedModel", results.get("export_dir")), ("conv1 filters", results.get("conv1_png")),
