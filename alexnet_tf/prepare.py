@@ -171,6 +171,7 @@ def write_split(examples: Iterator[Example], num_examples: int, output_dir: str,
         # On an error or an interrupt, shards being written are finished (each is atomic), queued ones dropped.
         executor.shutdown(wait=True, cancel_futures=True)
         progress.close()
+    report.skipped.sort()
     return report
 
 
