@@ -302,14 +302,13 @@ def make_train_dataset(data_dir: str, batch_size: int, *, image_size: int = IMAG
     """One shuffled, augmented pass over the training split (Section 4.1), in complete batches.
 
     Yields (images float32 [batch_size, image_size, image_size, 3], labels int32 [batch_size]); the last partial
-    batch is dropped. Per image: a random image_size crop of the stored image, the matching crop of the mean
-    (`mean`: 'image' = mean image, 'channel' = per-channel mean, 'none'; statistics from `stats_path`, else
-    `<data_dir>/stats.npz`, else the ImageNet defaults; `mean_rgb`, R, G, B on 0-255, overrides the per-channel
-    mean) subtracted, PCA colour noise, a horizontal flip with p=0.5,
-    then `channel_order`. Each iteration reshuffles and redraws the augmentation. With `seed`, the stream of
-    iterations is repeatable (and identical batch for batch if also `deterministic`); `deterministic=False` lets
-    tf.data deliver elements out of order for speed. `stored_size` is for unprepared sources (default 256);
-    `threads` gives the pipeline a private thread pool of that size.
+    batch is dropped. Per image: a random image_size crop of the stored image, minus the same window of the mean
+    (`mean`: 'image', 'channel' or 'none'; statistics from `stats_path`, else `<data_dir>/stats.npz`, else the
+    ImageNet defaults; `mean_rgb`, R, G, B on 0-255, overrides the per-channel mean), plus PCA colour noise,
+    mirrored with p=0.5, in `channel_order`. Each iteration reshuffles and redraws the augmentation. With `seed`
+    the stream of iterations is repeatable, batch for batch if also `deterministic` (else tf.data may reorder
+    elements for speed). `stored_size` is for unprepared sources (default 256); `threads` gives the pipeline a
+    private thread pool of that size.
     """
     _check_options(batch_size, mean, channel_order)
     kind = _source_kind(data_dir)
