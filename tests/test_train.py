@@ -58,6 +58,48 @@ def test_run_trains_and_writes_results(parse, data_dir, tmp_path, strategy):
     assert tf.saved_model.load(results["export_dir"]).signatures.keys() >= {"serving_default", "predict_images"}
 
 
+def test_tensorboard_scalars_of_a_run(parse, data_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model_dir = tmp_path / "model"
+    train.run(parse(*TINY, f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=2"))
+    runs = {}
+    for run_name in ("train", "validation", "conv1"):
+        events = EventAccumulator(str(model_dir / "logs" / run_name))
+        events.Reload()
+        runs[run_name] = events.Tags()
+    assert {"epoch_loss", "epoch_top1_error", "epoch_top5_error", "epoch_learning_rate",
+            "epoch_images_per_sec"} <= set(runs["train"]["tensors"] + runs["train"]["scalars"])
+    assert {"epoch_top1_error", "epoch_top5_error"} <= set(runs["validation"]["tensors"] + runs["validation"]["scalars"])
+    assert "conv1/gabor_fraction" in runs["conv1"]["tensors"] + runs["conv1"]["scalars"]
+    assert "conv1/filters" in runs["conv1"]["tensors"] + runs["conv1"]["images"]
+
+
+def test_the_demo_generates_prepares_and_trains_its_first_epoch(parse, tmp_path):
+    flag_values = parse(f"--flagfile={os.path.join(REPO, 'flags', 'demo.cfg')}", "--epochs=1",
+                        f"--data_dir={tmp_path / 'data'}", f"--model_dir={tmp_path / 'model'}")
+    results = train.run(flag_values)
+    info = json.loads((tmp_path / "data" / "dataset_info.json").read_text())
+    assert info["num_classes"] == 10 and info["splits"]["train"]["num_examples"] == 3000
+    assert results["epochs"] == 1 and 0.0 <= results["val_top1_error"] <= 1.0
+    assert results["checkpoint"].endswith("epoch_001.keras")
+    assert flag_values.towers == 2 and flag_values.width == 0.25 and flag_values.image_size == 64
+
+
+def test_mixed_precision_wraps_the_optimizer_in_loss_scaling(parse, data_dir, tmp_path):
+    import keras
+
+    flag_values = parse(*TINY, f"--data_dir={data_dir}", f"--model_dir={tmp_path}", "--mixed_precision")
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = train.create_model(flag_values, num_classes=4)
+        train.compile_model(model, flag_values)
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        assert model.output.dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 def test_mirrored_strategy_uses_both_logical_devices(parse, data_dir, tmp_path):
     from alexnet_tf import distribute
 
