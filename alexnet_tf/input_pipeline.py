@@ -41,7 +41,7 @@ CHANNEL_ORDERS = ("RGB", "BGR")
 ENCODED_KEY = "image/encoded"
 LABEL_KEY = "image/class/label"
 FILENAME_KEY = "image/filename"
-_ILSVRC_SPLIT_DIRS = {TRAIN: "train", VALIDATION: "val"}
+ILSVRC_SPLIT_DIRS = {TRAIN: "train", VALIDATION: "val"}  # Split -> folder of an ILSVRC layout.
 _FEATURES = {
     ENCODED_KEY: tf.io.FixedLenFeature([], tf.string),
     LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
@@ -66,7 +66,7 @@ def _source_kind(data_dir: str) -> str:
         raise _not_prepared(data_dir, "no such directory")
     if os.path.isfile(os.path.join(data_dir, DATASET_INFO_FILENAME)):
         return "prepared"
-    if any(os.path.isdir(os.path.join(data_dir, d)) for d in _ILSVRC_SPLIT_DIRS.values()):
+    if any(os.path.isdir(os.path.join(data_dir, d)) for d in ILSVRC_SPLIT_DIRS.values()):
         return "ilsvrc"
     raise _not_prepared(data_dir, f"neither a prepared data set (no {DATASET_INFO_FILENAME}; an interrupted "
                                   "preparation resumes when rerun) nor an ILSVRC folder (no train/ or val/)")
@@ -95,7 +95,7 @@ def read_names_file(path: str) -> dict[str, str]:
 
 def ilsvrc_wnids(root: str) -> list[str]:
     """The classes of an ILSVRC folder in index order: sorted wnids (sub-folders of train/, else of val/)."""
-    for split_dir in ("train", "val"):
+    for split_dir in ILSVRC_SPLIT_DIRS.values():
         path = os.path.join(root, split_dir)
         wnids = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d))) \
             if os.path.isdir(path) else []
@@ -137,9 +137,9 @@ def list_ilsvrc(root: str, split: str, *, val_labels: str | None = None) -> tupl
     """(paths, labels) of an ILSVRC-layout split, sorted by path; labels index `ilsvrc_wnids(root)`."""
     wnids = ilsvrc_wnids(root)
     index = {wnid: i for i, wnid in enumerate(wnids)}
-    folder = os.path.join(root, _ILSVRC_SPLIT_DIRS[split])
+    folder = os.path.join(root, ILSVRC_SPLIT_DIRS[split])
     if not os.path.isdir(folder):
-        raise _not_prepared(root, f"no {_ILSVRC_SPLIT_DIRS[split]}/ folder for the {split} split")
+        raise _not_prepared(root, f"no {ILSVRC_SPLIT_DIRS[split]}/ folder for the {split} split")
     class_dirs = [d for d in sorted(os.listdir(folder)) if d in index]
     if class_dirs:
         pairs = [(p, index[d]) for d in class_dirs for p in _image_files(os.path.join(folder, d))]

@@ -200,7 +200,8 @@ def _available_splits(input_dir: str) -> list[str]:
         names = set(tfds.builder(input_dir[len(input_pipeline.TFDS_PREFIX):]).info.splits.keys())
         # A mocked or not yet generated builder lists no splits: try both and let TFDS report the error.
         return [s for s in (input_pipeline.TRAIN, input_pipeline.VALIDATION) if not names or s in names]
-    return [s for s, d in (("train", "train"), ("validation", "val")) if os.path.isdir(os.path.join(input_dir, d))]
+    return [split for split, folder in input_pipeline.ILSVRC_SPLIT_DIRS.items()
+            if os.path.isdir(os.path.join(input_dir, folder))]
 
 
 def _check_settings(output_dir: str, settings: dict) -> None:
