@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -87,8 +88,6 @@ def test_the_demo_generates_prepares_and_trains_its_first_epoch(parse, tmp_path)
 
 
 def test_mixed_precision_wraps_the_optimizer_in_loss_scaling(parse, data_dir, tmp_path):
-    import keras
-
     flag_values = parse(*TINY, f"--data_dir={data_dir}", f"--model_dir={tmp_path}", "--mixed_precision")
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
@@ -126,6 +125,21 @@ def test_pretrained_npy_gives_a_new_fc8_and_freezes_convolutions(parse, data_dir
         np.testing.assert_array_equal(loaded[name][0], expected[name][0])
     assert loaded["fc8"][0].shape == (256, 4)
     assert not inner_layer(model, "conv2a").trainable and inner_layer(model, "fc6").trainable
+
+
+def test_fine_tuning_from_a_checkpoint_of_this_project(parse, data_dir, tmp_path):
+    from alexnet_tf.model import build_alexnet
+    from alexnet_tf.weights import npy_weights
+
+    source = build_alexnet(num_classes=10, image_size=64, width=0.0625, seed=7)
+    source.save(tmp_path / "source.keras")
+    flag_values = parse(*TINY, f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'model'}", "--epochs=1",
+                        f"--pretrained={tmp_path / 'source.keras'}", "--freeze_conv")
+    results = train.run(flag_values)
+    tuned = npy_weights(keras.models.load_model(results["checkpoint"], compile=False))
+    # Frozen convolutions keep the checkpoint's weights; fc8 is new, for the dataset's 4 classes.
+    np.testing.assert_array_equal(tuned["conv2"][0], npy_weights(source)["conv2"][0])
+    assert tuned["fc8"][0].shape == (256, 4)
 
 
 def command(data_dir, model_dir, *extra):
