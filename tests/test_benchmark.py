@@ -1,18 +1,26 @@
-"""Tests for tools/benchmark.py: the JSON it prints (its numbers are timings, so only their sanity is checked)."""
+"""Tests for tools/benchmark.py: the JSON it prints (its numbers are timings, so only their sanity is checked),
+the training FLOP count behind the roofline, and the PyTorch reference network of `compare` (tools/torch_alexnet.py).
+"""
 
 import json
 import os
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
 
 from alexnet_tf import prepare
+from alexnet_tf import weights as weights_lib
+from alexnet_tf.model import build_alexnet
+from alexnet_tf.optimizer import PaperSGD
 from tests import imagenet_like
+from tools import benchmark
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--batch_size=2", "--image_size=67", "--width=0.0625", "--steps=1", "--warmup_steps=1", "--repeats=2"]
 
 
 def _benchmark(*args):
@@ -45,6 +53,152 @@ def test_unknown_subcommand_and_missing_data_dir_fail_cleanly():
     for args, message in ((["nonsense"], "subcommand"), (["pipeline"], "--data_dir")):
         result = _benchmark(*args)
         assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+
+
+# Multiply-adds per image of the paper's network on 224 crops (55 -> 27 -> 13 -> 6, section 3.5):
+# output positions x kernel size x input channels per group x output channels.
+PAPER_MACS = {
+    "conv1": 55 * 55 * 11 * 11 * 3 * 96,
+    "conv2": 27 * 27 * 5 * 5 * 48 * 256,
+    "conv3": 13 * 13 * 3 * 3 * 256 * 384,
+    "conv4": 13 * 13 * 3 * 3 * 192 * 384,
+    "conv5": 13 * 13 * 3 * 3 * 192 * 256,
+    "fc": 9216 * 4096 + 4096 * 4096 + 4096 * 1000,
+}
+
+
+def test_train_flops_count_every_layer_three_times_but_conv1_twice():
+    # Training FLOPs: forward, input gradient and weight gradient; conv1 has no input gradient.
+    expected = 2 * (3 * sum(PAPER_MACS.values()) - PAPER_MACS["conv1"])
+    for towers, groups in ((2, 2), (1, 2)):
+        model = build_alexnet(towers=towers, groups=groups)
+        assert benchmark.train_flops_per_image(model) == expected
+    assert expected == pytest.approx(4.136e9, rel=1e-3)
+
+
+def test_median_ratio_pairs_the_repeats():
+    # Paired ratios 2, 4, 1: their median, not the ratio of the medians (10 / 5).
+    assert benchmark._median_ratio([10.0, 20.0, 5.0], [5.0, 5.0, 5.0]) == 2.0
+
+
+def test_model_prints_one_line_per_variant_with_both_rates():
+    result = _benchmark("model", *TINY, "--variant=paper", "--variant=dense")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["variant"] for line in lines] == ["paper", "dense"]
+    paper, dense = lines
+    assert (paper["towers"], dense["towers"], dense["groups"]) == (2, 1, 1)
+    # The tiny networks' sizes, as build_alexnet makes them.
+    for line in lines:
+        expected = build_alexnet(towers=line["towers"], groups=line["groups"], image_size=67,
+                                 width=0.0625).count_params()
+        assert line["params"] == expected
+        assert len(line["train_runs"]) == len(line["infer_runs"]) == 2
+        assert line["train_images_per_sec"] == pytest.approx(np.median(line["train_runs"]), abs=0.01)
+        assert min(line["train_runs"] + line["infer_runs"]) > 0
+        assert (line["batch_size"], line["image_size"], line["steps"]) == (2, 67, 1)
+    assert paper["train_ratio_to_first"] == 1.0
+    ratios = [d / p for d, p in zip(dense["train_runs"], paper["train_runs"])]
+    assert dense["train_ratio_to_first"] == pytest.approx(np.median(ratios), abs=0.01)
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--width=0"], "--width"),
+    (["--steps=3", "--steps_per_execution=2"], "--steps_per_execution"),
+    (["--variant=wide"], "--variant"),
+])
+def test_bad_flags_give_one_line_and_no_traceback(args, flag):
+    result = _benchmark("model", *args)
+    assert result.returncode != 0
+    assert flag in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def torch_alexnet():
+    """tools/torch_alexnet.py, where requirements-bench.txt is installed (torch is not a dependency)."""
+    pytest.importorskip("torch")
+    from tools import torch_alexnet
+
+    return torch_alexnet
+
+
+def keras_and_torch_twins(torch_alexnet, image_size=67, width=0.0625, dropout=0.0):
+    """The grouped Keras network and the PyTorch one, with the same weights."""
+    ours = build_alexnet(num_classes=5, towers=1, groups=2, image_size=image_size, width=width,
+                         dropout=dropout, init="he", seed=0)
+    theirs = torch_alexnet.TorchAlexNet(5, image_size, width, dropout)
+    torch_alexnet.load_keras_weights(theirs, weights_lib.npy_weights(ours))
+    return ours, theirs
+
+
+def nchw(torch_alexnet, images):
+    return torch_alexnet.torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+
+def torch_as_npy_layout(model):
+    """The PyTorch weights in the bvlc layout, fc6's kernel rows left in PyTorch's order."""
+    out = {}
+    for name, layer in model.named_layers().items():
+        kernel = layer.weight.detach().numpy()
+        kernel = kernel.transpose(2, 3, 1, 0) if kernel.ndim == 4 else kernel.T
+        out[name] = [kernel, layer.bias.detach().numpy()]
+    return out
+
+
+@pytest.mark.parametrize("image_size", [67, 224, 227])
+def test_torch_reference_computes_the_grouped_keras_network(torch_alexnet, image_size):
+    width = 0.0625 if image_size == 67 else 0.125
+    ours, theirs = keras_and_torch_twins(torch_alexnet, image_size, width, dropout=0.5)
+    assert sum(p.numel() for p in theirs.parameters()) == ours.count_params()
+    images = np.random.default_rng(0).normal(0, 58, (2, image_size, image_size, 3)).astype(np.float32)
+    theirs.eval()
+    with torch_alexnet.torch.no_grad():
+        logits = theirs(nchw(torch_alexnet, images)).numpy()
+    expected = ours.predict(images, verbose=0)
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_full_size_torch_reference_has_the_papers_parameter_count(torch_alexnet):
+    assert sum(p.numel() for p in torch_alexnet.TorchAlexNet().parameters()) == 60_965_224
+
+
+def test_torch_sgd_steps_match_paper_sgd(torch_alexnet):
+    # Two steps (the second one carries momentum) on the same batch from the same weights: the
+    # loss, gradients, weight decay on kernels only and momentum agree with PaperSGD's.
+    ours, theirs = keras_and_torch_twins(torch_alexnet)
+    before = weights_lib.npy_weights(ours)
+    rng = np.random.default_rng(1)
+    images = rng.normal(0, 58, (4, 67, 67, 3)).astype(np.float32)
+    labels = np.array([0, 1, 2, 4])
+    ours.compile(optimizer=PaperSGD(learning_rate=0.05),
+                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    step = torch_alexnet.make_train_step(theirs, torch_alexnet.paper_sgd(theirs, learning_rate=0.05))
+    for _ in range(2):
+        keras_loss = float(ours.train_on_batch(images, labels))
+        torch_loss = float(step(nchw(torch_alexnet, images), torch_alexnet.torch.from_numpy(labels)))
+        assert torch_loss == pytest.approx(keras_loss, rel=1e-4)
+    ours_after, theirs_after = weights_lib.npy_weights(ours), torch_as_npy_layout(theirs)
+    for name in ("conv1", "conv2", "conv5", "fc7", "fc8"):
+        for i in (0, 1):  # kernel, bias
+            expected = ours_after[name][i] - before[name][i]
+            assert np.abs(expected).max() > 0, name
+            np.testing.assert_allclose(theirs_after[name][i] - before[name][i], expected, rtol=1e-3,
+                                       atol=1e-3 * np.abs(expected).max(), err_msg=name)
+
+
+def test_compare_prints_both_rates_their_ratio_and_the_roofline(torch_alexnet):
+    result = _benchmark("compare", *TINY)
+    assert result.returncode == 0, result.stderr
+    (line,) = [json.loads(text) for text in result.stdout.splitlines()]
+    assert line["variant"] == "paper" and len(line["tf_runs"]) == len(line["torch_runs"]) == 2
+    ratios = [a / b for a, b in zip(line["tf_runs"], line["torch_runs"])]
+    assert line["tf_over_torch"] == pytest.approx(np.median(ratios), abs=0.01)
+    assert line["matmul_peak_gflops"] == max(line["matmul_runs"]) > 0
+    model = build_alexnet(image_size=67, width=0.0625)
+    flops = benchmark.train_flops_per_image(model)
+    assert line["train_gflop_per_image"] == round(flops / 1e9, 3)
+    roofline = line["matmul_peak_gflops"] * 1e9 / flops
+    assert line["roofline_fraction"] == pytest.approx(line["tf_train_images_per_sec"] / roofline, abs=1e-3)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""Throughput benchmarks; each prints one JSON line.
+"""Throughput benchmarks; each prints JSON lines.
 
   python tools/benchmark.py pipeline --data_dir=DIR --threads=N [--raw_dir=PHOTOS]
+  python tools/benchmark.py model --batch_size=32 --steps=N [--variant=paper --variant=dense ...]
+  python tools/benchmark.py compare --batch_size=32   # needs requirements-bench.txt (torch)
 
 Subcommands:
   pipeline  Training batches per second from `input_pipeline.make_train_dataset` (crop, flip, PCA noise, mean
@@ -8,8 +10,21 @@ Subcommands:
             tf.data given a private pool of --threads threads. With --raw_dir, a naive pipeline (decode the
             full JPEG, rescale, random crop, flip) over the photos in that folder is measured in the same run,
             alternating repeats, so machine load affects both alike. Reports medians over --repeats.
+  model     Training and inference images per second of `build_alexnet` on synthetic input, through Keras' own
+            `fit` and `predict` with the training binary's optimizer, loss and metrics. Each --variant is one
+            contender; contenders alternate repeat by repeat and each prints one line, with its medians and
+            its per-repeat ratio to the first contender.
+  compare   This project's training step (the first --variant) against the same network in PyTorch
+            (tools/torch_alexnet.py), alternating repeats; prints both medians, their ratio, and the fraction
+            of the roofline: the machine's float32 matmul peak (measured here) over the training FLOPs per
+            image (counted from the model's layers).
+
+Timings start after --warmup_steps and are synchronous: Keras' batch callbacks wait for each execution,
+PyTorch on the CPU runs eagerly. Process-wide settings (TF_ENABLE_ONEDNN_OPTS, OMP/KMP variables) are read from
+the environment when TensorFlow loads, so comparing them takes alternating invocations; the JSON records them.
 """
 
+import itertools
 import json
 import os
 import statistics
@@ -18,10 +33,17 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import alexnet_tf  # noqa: E402, F401  First: it imports TensorFlow with the start-up notices filtered.
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from alexnet_tf import input_pipeline  # noqa: E402
+from alexnet_tf import model as model_lib  # noqa: E402
+from alexnet_tf.layers import unwrap  # noqa: E402
+from alexnet_tf.metrics import TopKError  # noqa: E402
+from alexnet_tf.optimizer import PaperSGD  # noqa: E402
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Prepared data set (tools/prepare_imagenet.py output).")
 _RAW_DIR = flags.DEFINE_string("raw_dir", None, "Optional folder of original photos (searched recursively) for "
@@ -37,6 +59,36 @@ _WARMUP_BATCHES = flags.DEFINE_integer("warmup_batches", 5, "Batches drawn befor
                                        lower_bound=0)
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats; medians are reported.", lower_bound=1)
 
+# The model and compare subcommands.
+VARIANTS = {  # build_alexnet arguments; see alexnet_tf/model.py.
+    "paper": dict(towers=2, groups=2),
+    "grouped": dict(towers=1, groups=2),
+    "dense": dict(towers=1, groups=1),
+}
+NUM_CLASSES = 1000  # ILSVRC-2012, section 2.
+MATMUL_SIZE = 4096  # Side of the square float32 matrices whose product measures the machine's peak.
+_VARIANT = flags.DEFINE_multi_enum("variant", ["paper"], list(VARIANTS),
+                                   "Network variant; repeat the flag to alternate several. paper: the two towers "
+                                   "of Figure 2 (towers=2); grouped: one stream with Conv2D(groups=2) (Caffe); "
+                                   "dense: one stream, ungrouped. compare takes the first.")
+_STEPS = flags.DEFINE_integer("steps", 6, "Training (and inference) steps timed per repeat.", lower_bound=1)
+_WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", 2, "Steps run once per contender before any timing "
+                                     "(tracing, oneDNN kernel selection, buffers).", lower_bound=1)
+_WIDTH = flags.DEFINE_float("width", 1.0, "Scales every channel and unit count; 1.0 is the paper's network.")
+_XLA = flags.DEFINE_boolean("xla", False, "XLA-compile the Keras train and predict steps (jit_compile).")
+_STEPS_PER_EXECUTION = flags.DEFINE_integer("steps_per_execution", 1, "Keras steps_per_execution: steps run "
+                                            "by one call into the compiled function.", lower_bound=1)
+_INTRA_OP_THREADS = flags.DEFINE_integer("intra_op_threads", 0, "Threads inside one op, for TensorFlow and "
+                                         "PyTorch (0: one per core, both frameworks' default).", lower_bound=0)
+_INTER_OP_THREADS = flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow threads running independent ops "
+                                         "(such as the two towers) at once (0: TensorFlow's default).",
+                                         lower_bound=0)
+
+flags.register_validator("width", lambda v: 0 < v <= 4, message="--width must be in (0, 4]")
+flags.register_multi_flags_validator(
+    ["steps", "warmup_steps", "steps_per_execution"],
+    lambda v: v["steps"] % v["steps_per_execution"] == 0 and v["warmup_steps"] % v["steps_per_execution"] == 0,
+    message="--steps and --warmup_steps must be multiples of --steps_per_execution")
 flags.register_validator("data_dir", lambda v: v is None or os.path.isdir(v), message="--data_dir: no such folder")
 flags.register_validator("raw_dir", lambda v: v is None or os.path.isdir(v), message="--raw_dir: no such folder")
 
@@ -108,17 +160,210 @@ def run_pipeline() -> dict:
     return result
 
 
-SUBCOMMANDS = {"pipeline": run_pipeline}
+class KerasContender:
+    """`build_alexnet` compiled as the training binary compiles it (PaperSGD, softmax cross-entropy,
+    top-1/top-5 error), timed through `fit` and `predict` on one synthetic batch repeated."""
+
+    def __init__(self, variant: str, images: np.ndarray, labels: np.ndarray):
+        self.variant = variant
+        self.batch_size = len(images)
+        self.model = model_lib.build_alexnet(NUM_CLASSES, image_size=images.shape[1], width=_WIDTH.value, seed=0,
+                                             **VARIANTS[variant])
+        self.model.compile(optimizer=PaperSGD(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                           metrics=[TopKError(1), TopKError(5)], jit_compile=_XLA.value,
+                           steps_per_execution=_STEPS_PER_EXECUTION.value)
+        self.train_data = tf.data.Dataset.from_tensors((images, labels)).repeat()
+        self.infer_data = tf.data.Dataset.from_tensors(images).repeat()
+        self.train_rate(_WARMUP_STEPS.value)
+        self.infer_rate(_WARMUP_STEPS.value)
+
+    def train_rate(self, steps: int) -> float:
+        """Training images per second over `steps` steps of `fit`."""
+        clock = StepClock()
+        self.model.fit(self.train_data, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[clock])
+        return steps * self.batch_size / clock.elapsed()
+
+    def infer_rate(self, steps: int) -> float:
+        """Inference images per second over `steps` steps of `predict`."""
+        clock = StepClock()
+        self.model.predict(self.infer_data, steps=steps, verbose=0, callbacks=[clock])
+        return steps * self.batch_size / clock.elapsed()
+
+
+class StepClock(keras.callbacks.Callback):
+    """Seconds from the start of the first batch to the end of the last, leaving out `fit`'s and `predict`'s
+    set-up. Keras calls the batch hooks once per execution, after the compiled function has returned."""
+
+    def __init__(self):
+        super().__init__()
+        self.start = self.end = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.start = self.start or time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.end = time.perf_counter()
+
+    on_predict_batch_begin = on_train_batch_begin
+    on_predict_batch_end = on_train_batch_end
+
+    def elapsed(self) -> float:
+        return self.end - self.start
+
+
+class TorchContender:
+    """tools/torch_alexnet.py's network and SGD on the same batch, NCHW, timed eagerly."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        import torch  # Only compare needs it (requirements-bench.txt).
+
+        from tools import torch_alexnet
+
+        torch.manual_seed(0)
+        if _INTRA_OP_THREADS.value:
+            torch.set_num_threads(_INTRA_OP_THREADS.value)
+        self.batch_size = len(images)
+        self.model = torch_alexnet.TorchAlexNet(NUM_CLASSES, images.shape[1], _WIDTH.value)
+        self.step = torch_alexnet.make_train_step(self.model, torch_alexnet.paper_sgd(self.model))
+        self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+        self.labels = torch.from_numpy(labels.astype(np.int64))
+        self.train_rate(_WARMUP_STEPS.value)
+
+    def train_rate(self, steps: int) -> float:
+        """Training images per second over `steps` steps."""
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step(self.images, self.labels)
+        return steps * self.batch_size / (time.perf_counter() - start)
+
+
+def synthetic_batch(batch_size: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean-subtracted-looking float32 images [batch, S, S, 3] (0-255 scale) and int32 labels, seeded."""
+    rng = np.random.default_rng(0)
+    images = rng.normal(0.0, model_lib.PIXEL_STDDEV, (batch_size, image_size, image_size, 3)).astype(np.float32)
+    return images, rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32)
+
+
+def train_flops_per_image(model: keras.Model) -> float:
+    """Floating-point operations of one training image, counting 2 per multiply-add of the convolutions and
+    fully connected layers (pooling, LRN, activations and the update are memory-bound and left out).
+
+    Training runs each such layer three times (forward, input gradient, weight gradient), except conv1's input
+    gradient, which nothing needs.
+    """
+    total = 0.0
+    for layer in model.layers:
+        inner = unwrap(layer)
+        if not isinstance(inner, (keras.layers.Conv2D, keras.layers.Dense)):
+            continue
+        positions = np.prod(layer.output.shape[1:-1]) if isinstance(inner, keras.layers.Conv2D) else 1
+        forward = 2.0 * positions * np.prod(inner.kernel.shape)
+        total += 2 * forward if inner.name.startswith("conv1") else 3 * forward
+    return float(total)
+
+
+def matmul_gflops(size: int = MATMUL_SIZE) -> float:
+    """GFLOP/s of one float32 [size, size] x [size, size] TensorFlow matmul (oneDNN's GEMM), after one untimed."""
+    a, b = tf.random.normal([size, size], seed=1), tf.random.normal([size, size], seed=2)
+    _matmul_corner(a, b).numpy()
+    start = time.perf_counter()
+    _matmul_corner(a, b).numpy()
+    return 2.0 * size**3 / (time.perf_counter() - start) / 1e9
+
+
+@tf.function
+def _matmul_corner(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    # One element out: fetching it waits for the product without copying it.
+    return tf.matmul(a, b)[0, 0]
+
+
+def _settings() -> dict:
+    """What decides the speed besides the flags: threads and oneDNN, as TensorFlow and the environment say."""
+    return {"intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+            "cores": len(os.sched_getaffinity(0)), "xla": _XLA.value,
+            "steps_per_execution": _STEPS_PER_EXECUTION.value,
+            "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)"),
+            "batch_size": _BATCH_SIZE.value, "image_size": _IMAGE_SIZE.value, "width": _WIDTH.value,
+            "steps": _STEPS.value, "repeats": _REPEATS.value}
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 2)
+
+
+def _median_ratio(numerators: list[float], denominators: list[float]) -> float:
+    """Median of the per-repeat ratios: each pair ran back to back, under the same load."""
+    return round(statistics.median(n / d for n, d in zip(numerators, denominators)), 2)
+
+
+def run_model() -> list[dict]:
+    """The `model` subcommand: one line per --variant."""
+    images, labels = synthetic_batch(_BATCH_SIZE.value, _IMAGE_SIZE.value)
+    contenders = [KerasContender(v, images, labels) for v in dict.fromkeys(_VARIANT.value)]
+    train = {c.variant: [] for c in contenders}
+    infer = {c.variant: [] for c in contenders}
+    for _, contender in itertools.product(range(_REPEATS.value), contenders):
+        train[contender.variant].append(round(contender.train_rate(_STEPS.value), 2))
+        infer[contender.variant].append(round(contender.infer_rate(_STEPS.value), 2))
+    first = contenders[0].variant
+    results = []
+    for contender in contenders:
+        name = contender.variant
+        results.append({"subcommand": "model", "variant": name, **VARIANTS[name],
+                        "params": contender.model.count_params(),
+                        "train_images_per_sec": _median(train[name]), "infer_images_per_sec": _median(infer[name]),
+                        "train_ratio_to_first": _median_ratio(train[name], train[first]),
+                        "infer_ratio_to_first": _median_ratio(infer[name], infer[first]),
+                        "train_runs": train[name], "infer_runs": infer[name], **_settings()})
+    return results
+
+
+def run_compare() -> dict:
+    """The `compare` subcommand: the first --variant's training step against PyTorch's, alternating."""
+    try:
+        import torch  # noqa: F401  Checked first: building the Keras model takes a while.
+    except ImportError:
+        raise ValueError("compare needs torch: pip install -r requirements-bench.txt") from None
+    images, labels = synthetic_batch(_BATCH_SIZE.value, _IMAGE_SIZE.value)
+    ours, theirs = KerasContender(_VARIANT.value[0], images, labels), TorchContender(images, labels)
+    runs = {"tf": [], "torch": [], "matmul_gflops": []}
+    for _ in range(_REPEATS.value):
+        runs["tf"].append(round(ours.train_rate(_STEPS.value), 2))
+        runs["torch"].append(round(theirs.train_rate(_STEPS.value), 2))
+        runs["matmul_gflops"].append(round(matmul_gflops(), 1))
+    flops = train_flops_per_image(ours.model)
+    peak = max(runs["matmul_gflops"])  # A peak: load from other processes only lowers the samples.
+    roofline = peak * 1e9 / flops
+    tf_rate = _median(runs["tf"])
+    return {"subcommand": "compare", "variant": ours.variant, **VARIANTS[ours.variant],
+            "tf_train_images_per_sec": tf_rate, "torch_train_images_per_sec": _median(runs["torch"]),
+            "tf_over_torch": _median_ratio(runs["tf"], runs["torch"]),
+            "train_gflop_per_image": round(flops / 1e9, 3), "matmul_peak_gflops": peak,
+            "roofline_images_per_sec": round(roofline, 1), "roofline_fraction": round(tf_rate / roofline, 3),
+            "tf_runs": runs["tf"], "torch_runs": runs["torch"], "matmul_runs": runs["matmul_gflops"],
+            "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__, **_settings()}
+
+
+SUBCOMMANDS = {"pipeline": run_pipeline, "model": run_model, "compare": run_compare}
+
+
+def _configure_threads() -> None:
+    """Applies the thread flags; TensorFlow accepts them only before its runtime starts, so this runs first."""
+    tf.config.threading.set_intra_op_parallelism_threads(_INTRA_OP_THREADS.value)
+    tf.config.threading.set_inter_op_parallelism_threads(_INTER_OP_THREADS.value)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in SUBCOMMANDS:
         raise app.UsageError(f"expected one subcommand of {sorted(SUBCOMMANDS)}, got {argv[1:]}")
+    _configure_threads()
     try:
-        result = SUBCOMMANDS[argv[1]]()
+        results = SUBCOMMANDS[argv[1]]()
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"benchmark: {error}")
-    print(json.dumps(result))
+    for result in results if isinstance(results, list) else [results]:
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":
