@@ -312,6 +312,7 @@ def run_model() -> list[dict]:
         name = contender.variant
         results.append({"subcommand": "model", "variant": name, **VARIANTS[name],
                         "params": contender.model.count_params(),
+                        "train_flops_per_image": train_flops_per_image(contender.model),
                         "train_images_per_sec": _median(train[name]), "infer_images_per_sec": _median(infer[name]),
                         "train_ratio_to_first": _median_ratio(train[name], train[first]),
                         "infer_ratio_to_first": _median_ratio(infer[name], infer[first]),
@@ -339,7 +340,7 @@ def run_compare() -> dict:
     return {"subcommand": "compare", "variant": ours.variant, **VARIANTS[ours.variant],
             "tf_train_images_per_sec": tf_rate, "torch_train_images_per_sec": _median(runs["torch"]),
             "tf_over_torch": _median_ratio(runs["tf"], runs["torch"]),
-            "train_gflop_per_image": round(flops / 1e9, 3), "matmul_peak_gflops": peak,
+            "train_flops_per_image": flops, "matmul_peak_gflops": peak,
             "roofline_images_per_sec": round(roofline, 1), "roofline_fraction": round(tf_rate / roofline, 3),
             "tf_runs": runs["tf"], "torch_runs": runs["torch"], "matmul_runs": runs["matmul_gflops"],
             "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__, **_settings()}
