@@ -15,9 +15,17 @@ from typing import Sequence
 import tensorflow as tf
 from absl import logging
 
+from alexnet_tf import multi_worker
 
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The strategy called `name` (one of alexnet_tf.flags.STRATEGIES)."""
+
+def make_strategy(name: str, cluster_timeout: float = multi_worker.DEFAULT_TIMEOUT_SECONDS) -> tf.distribute.Strategy:
+    """The strategy called `name` (one of alexnet_tf.flags.STRATEGIES).
+
+    `cluster_timeout`: for multi_worker, the seconds to wait for the workers of TF_CONFIG to join and for any
+    collective operation to complete (see `alexnet_tf.multi_worker.strategy`).
+    """
+    if name == "multi_worker":  # First: listing devices would start TensorFlow's runtime without the cluster.
+        return multi_worker.strategy(cluster_timeout)
     gpus = tf.config.list_logical_devices("GPU")
     if not gpus:
         logging.info("No GPU found: everything runs on the CPU.")
@@ -31,8 +39,6 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         # CollectiveReduceV2 (seen when two tests each build one).
         cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(cpus, cross_device_ops=tf.distribute.ReductionToOneDevice())
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"unknown strategy {name!r}")
 
 

@@ -12,7 +12,7 @@ import os
 
 from absl import flags
 
-from alexnet_tf import input_pipeline, model, optimizer
+from alexnet_tf import input_pipeline, model, multi_worker, optimizer
 
 FLAGS = flags.FLAGS
 STRATEGIES = ("one_device", "mirrored", "towers", "multi_worker")
@@ -106,10 +106,14 @@ def _define_training_flags() -> None:
     flags.DEFINE_enum("strategy", "one_device", list(STRATEGIES),
                       "one_device; mirrored (data parallel over local GPUs); towers (the paper's model "
                       "parallelism on --tower_devices); multi_worker (TF_CONFIG).")
+    flags.DEFINE_float("cluster_timeout", multi_worker.DEFAULT_TIMEOUT_SECONDS,
+                       "multi_worker: seconds to wait for every worker of TF_CONFIG to join, and for any collective "
+                       "operation; a worker silent for longer stops the others with an error.")
     flags.DEFINE_boolean("mixed_precision", False, "mixed_float16 compute with loss scaling (GPUs).")
     flags.DEFINE_boolean("xla", False, "XLA-compile the train step (refused with --strategy=towers).")
     flags.DEFINE_integer("seed", None, "Seeds initialization, shuffling and augmentation.")
-    flags.DEFINE_boolean("deterministic", False, "Op determinism and fixed seeds: identical runs.")
+    flags.DEFINE_boolean("deterministic", False, "Op determinism and the --seed everywhere: two runs of the same "
+                         "command on the same machine end with identical weights.")
     flags.DEFINE_integer("keep_checkpoints", 3, "Epoch checkpoints kept in MODEL_DIR/checkpoints.")
     flags.DEFINE_boolean("demo", False, "Generate the offline demo dataset in --data_dir if it is not there.")
     flags.DEFINE_string("pretrained", None, "Start from a bvlc_alexnet-layout .npy file or a .keras "
@@ -118,6 +122,9 @@ def _define_training_flags() -> None:
     for name in ("epochs", "batch_size", "lr_patience_epochs", "keep_checkpoints"):
         flags.register_validator(name, lambda v: v >= 1, f"--{name} must be >= 1")
     flags.register_validator("steps_per_epoch", lambda v: v is None or v >= 1, "--steps_per_epoch must be >= 1")
+    flags.register_validator("cluster_timeout", lambda v: v > 0, "--cluster_timeout must be > 0")
+    flags.register_multi_flags_validator(["deterministic", "seed"], lambda v: not v["deterministic"] or
+                                         v["seed"] is not None, "--deterministic needs --seed")
     flags.register_validator("learning_rate", lambda v: v > 0, "--learning_rate must be > 0")
     flags.register_validator("momentum", lambda v: 0 <= v < 1, "--momentum must be in [0, 1)")
     flags.register_validator("weight_decay", lambda v: v >= 0, "--weight_decay must be >= 0")

@@ -29,7 +29,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from PIL import Image
 
-from alexnet_tf import distribute, export, input_pipeline, summaries, model as model_lib
+from alexnet_tf import distribute, export, input_pipeline, multi_worker, safeguards, summaries, model as model_lib
 from alexnet_tf import flags as flags_lib
 from alexnet_tf import weights as weights_lib
 from alexnet_tf.metrics import TopKError
@@ -49,10 +49,21 @@ class Datasets:
     validation: tf.data.Dataset | None
     num_classes: int
     train_examples: int | None = None
+    validation_examples: int | None = None
 
 
 def create_datasets(flags_obj: flags.FlagValues, batch_size: int) -> Datasets:
-    data_dir = flags_obj.data_dir
+    """The training and validation sets of --data_dir; raises TrainingError if it cannot be read."""
+    try:
+        return _create_datasets(flags_obj, flags_obj.data_dir, batch_size)
+    except json.JSONDecodeError as error:
+        raise safeguards.TrainingError(f"{flags_obj.data_dir}: {input_pipeline.DATASET_INFO_FILENAME} is not "
+                                       f"valid JSON ({error}): prepare the data set again") from None
+    except ValueError as error:  # input_pipeline's messages name the problem.
+        raise safeguards.TrainingError(str(error)) from None
+
+
+def _create_datasets(flags_obj: flags.FlagValues, data_dir: str, batch_size: int) -> Datasets:
     common = dict(image_size=flags_obj.image_size, mean=flags_obj.mean, stats_path=flags_obj.stats_path,
                   channel_order=flags_obj.channel_order, mean_rgb=flags_lib.mean_rgb(flags_obj))
     train = input_pipeline.make_train_dataset(
@@ -64,7 +75,8 @@ def create_datasets(flags_obj: flags.FlagValues, batch_size: int) -> Datasets:
         logging.warning("%s has no validation split: the learning rate will not be scheduled.", data_dir)
         validation = None
     return Datasets(train, validation, input_pipeline.num_classes(data_dir),
-                    input_pipeline.num_examples(data_dir, input_pipeline.TRAIN))
+                    input_pipeline.num_examples(data_dir, input_pipeline.TRAIN),
+                    None if validation is None else input_pipeline.num_examples(data_dir, input_pipeline.VALIDATION))
 
 
 def create_model(flags_obj: flags.FlagValues, num_classes: int) -> keras.Model:
@@ -94,7 +106,10 @@ def load_pretrained(model: keras.Model, path: str) -> None:
     skip = () if tuple(weights["fc8"][0].shape) == tuple(fc8) else ("fc8",)
     if skip:
         logging.info("fc8 is new: %s classes instead of the file's %d.", fc8[-1], weights["fc8"][0].shape[-1])
-    weights_lib.load_npy_weights(model, weights, skip=skip)
+    try:
+        weights_lib.load_npy_weights(model, weights, skip=skip)
+    except ValueError as error:  # It names the layer and both shapes.
+        raise safeguards.TrainingError(f"--pretrained={path} is another model variant: {error}") from None
 
 
 def compile_model(model: keras.Model, flags_obj: flags.FlagValues) -> None:
@@ -153,6 +168,8 @@ def create_callbacks(flags_obj: flags.FlagValues, model_dir: str, batch_size: in
     log_dir = os.path.join(model_dir, "logs")
     throughput = Throughput(batch_size)
     callbacks = [
+        # First: a diverged epoch raises before any other callback saves it.
+        safeguards.StopOnNaN(),
         throughput,
         # Before BackupAndRestore: the schedule's state file is then never older than the backup.
         PlateauSchedule(
@@ -160,9 +177,10 @@ def create_callbacks(flags_obj: flags.FlagValues, model_dir: str, batch_size: in
             max_reductions=flags_obj.lr_max_reductions, state_path=os.path.join(backup_dir, "plateau.json"),
             is_chief=chief),
         # double_checkpoint: Keras writes the backup in place, so a kill during the write leaves a
-        # corrupt file; it then restores the previous epoch's backup instead.
-        keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True, delete_checkpoint=False),
-        keras.callbacks.TerminateOnNaN(),
+        # corrupt file; it then restores the previous epoch's backup instead. Other workers restore the
+        # chief's backup and never write it: a save frequency of sys.maxsize batches is never reached.
+        keras.callbacks.BackupAndRestore(backup_dir, save_freq="epoch" if chief else sys.maxsize,
+                                         double_checkpoint=True, delete_checkpoint=False),
     ]
     if chief:
         os.makedirs(checkpoint_dir, exist_ok=True)
@@ -191,7 +209,7 @@ def run(flags_obj: flags.FlagValues, strategy_override: tf.distribute.Strategy |
         keras.mixed_precision.set_global_policy("mixed_float16")
     if flags_obj.demo:
         prepare_demo(flags_obj.data_dir)
-    strategy = strategy_override or distribute.make_strategy(flags_obj.strategy)
+    strategy = strategy_override or distribute.make_strategy(flags_obj.strategy, flags_obj.cluster_timeout)
     chief = distribute.is_chief(strategy)
     batch_size = flags_obj.batch_size
     if datasets_override is None and flags_obj.data_dir is None:
@@ -199,6 +217,18 @@ def run(flags_obj: flags.FlagValues, strategy_override: tf.distribute.Strategy |
                              "--input_dir=SRC --output_dir=DST)")
     datasets = datasets_override or create_datasets(flags_obj, batch_size)
     num_classes = flags_obj.num_classes or datasets.num_classes
+    safeguards.check_model_dir(flags_obj.model_dir, model_variant(flags_obj, num_classes), write=chief)
+    steps_per_epoch = flags_obj.steps_per_epoch
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        if batch_size % strategy.num_replicas_in_sync:
+            raise app.UsageError(f"--batch_size={batch_size} does not split evenly over the cluster's "
+                                 f"{strategy.num_replicas_in_sync} replicas")
+        steps_per_epoch = steps_per_epoch or (datasets.train_examples or 0) // batch_size
+        if not steps_per_epoch:
+            raise app.UsageError("--strategy=multi_worker needs --steps_per_epoch: the training set's size "
+                                 "is unknown")
+        datasets.train, datasets.validation = multi_worker.lockstep_datasets(
+            datasets.train, datasets.validation, batch_size, datasets.validation_examples)
     with strategy.scope():
         model = create_model(flags_obj, num_classes)
         compile_model(model, flags_obj)
@@ -206,15 +236,7 @@ def run(flags_obj: flags.FlagValues, strategy_override: tf.distribute.Strategy |
     callbacks, throughput = create_callbacks(flags_obj, flags_obj.model_dir, batch_size, chief)
     logging.info("Training %s (%s parameters) with %s on %d replica(s).", model.name,
                  f"{model.count_params():,}", type(strategy).__name__, strategy.num_replicas_in_sync)
-    history = model.fit(
-        datasets.train,
-        validation_data=datasets.validation,
-        epochs=flags_obj.epochs,
-        steps_per_epoch=flags_obj.steps_per_epoch,
-        callbacks=callbacks,
-        shuffle=False,  # The input pipeline shuffles.
-        verbose=2 if not sys.stdout.isatty() else 1,
-    )
+    history = fit(model, datasets, flags_obj, steps_per_epoch, callbacks)
     results = summarize(flags_obj, history, throughput)
     if chief:
         results["conv1_png"] = write_conv1_png(model, os.path.join(flags_obj.model_dir, "conv1.png"))
@@ -227,7 +249,41 @@ def run(flags_obj: flags.FlagValues, strategy_override: tf.distribute.Strategy |
             logging.set_verbosity(verbosity)
         with open(os.path.join(flags_obj.model_dir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
+    else:  # Written only to check a run: every worker must end with the chief's weights.
+        results["checkpoint"] = None  # The chief may not have written the last one yet.
+        results["worker_model"] = os.path.join(multi_worker.worker_dir(flags_obj.model_dir, strategy), "model.keras")
+        os.makedirs(os.path.dirname(results["worker_model"]), exist_ok=True)
+        model.save(results["worker_model"])
     return results
+
+
+def fit(model: keras.Model, datasets: Datasets, flags_obj: flags.FlagValues, steps_per_epoch: int | None,
+        callbacks: list[keras.callbacks.Callback]) -> keras.callbacks.History:
+    """`model.fit`, with the errors a user can cause or meet turned into one-line TrainingErrors."""
+    try:
+        return model.fit(
+            datasets.train,
+            validation_data=datasets.validation,
+            epochs=flags_obj.epochs,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks,
+            shuffle=False,  # The input pipeline shuffles.
+            verbose=2 if not sys.stdout.isatty() else 1,
+        )
+    except tf.errors.DataLossError as error:
+        raise safeguards.corrupt_data_error(flags_obj.data_dir, error) from None
+    except multi_worker.PEER_ERRORS as error:
+        if flags_obj.strategy != "multi_worker":
+            raise
+        raise multi_worker.worker_lost(error, flags_obj.cluster_timeout) from None
+
+
+def model_variant(flags_obj: flags.FlagValues, num_classes: int) -> dict[str, Any]:
+    """The flags that shape the model's and the optimizer's variables, which a resumed run must keep."""
+    variant = flags_lib.model_kwargs(flags_obj, num_classes)
+    for initialization_only in ("seed", "init"):
+        del variant[initialization_only]
+    return variant | {"mixed_precision": flags_obj.mixed_precision, "freeze_conv": flags_obj.freeze_conv}
 
 
 def summarize(flags_obj: flags.FlagValues, history: keras.callbacks.History, throughput: Throughput) -> dict:
@@ -280,13 +336,20 @@ def main(argv: list[str]) -> None:
     except (FileNotFoundError, app.UsageError) as error:
         # A missing dataset or an impossible combination of flags: one line, no traceback.
         sys.exit(f"train: error: {error}")
-    print(f"Validation top-1 error {results['val_top1_error']:.4f}, top-5 error "
-          f"{results['val_top5_error']:.4f} after {results['epochs']} epochs.")
+    except safeguards.TrainingError as error:  # Bad input, divergence, a lost worker: one line too.
+        print(f"train: error: {error}", file=sys.stderr)
+        multi_worker.exit_if_joined(error.exit_code)
+        sys.exit(error.exit_code)
+    if results["val_top1_error"] is not None:
+        print(f"Validation top-1 error {results['val_top1_error']:.4f}, top-5 error "
+              f"{results['val_top5_error']:.4f} after {results['epochs']} epochs.")
     for what, where in [("Checkpoint", results["checkpoint"]),
                         ("TensorBoard", f"tensorboard --logdir {results['tensorboard_logdir']}"),
                         ("SavedModel", results.get("export_dir")), ("conv1 filters", results.get("conv1_png")),
+                        ("Worker model", results.get("worker_model")),
                         ("Results", os.path.join(FLAGS.model_dir, "results.json"))]:
-        print(f"{what + ':':15}{where}")
+        if where:
+            print(f"{what + ':':15}{where}")
 
 
 if __name__ == "__main__":
