@@ -54,29 +54,24 @@ def test_unknown_subcommand_and_missing_data_dir_fail_cleanly():
         assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
 
 
-# Multiply-adds per image of the paper's network on 224 crops (55 -> 27 -> 13 -> 6, section 3.5):
-# output positions x kernel size x input channels per group x output channels.
-PAPER_MACS = {
-    "conv1": 55 * 55 * 11 * 11 * 3 * 96,
-    "conv2": 27 * 27 * 5 * 5 * 48 * 256,
-    "conv3": 13 * 13 * 3 * 3 * 256 * 384,
-    "conv4": 13 * 13 * 3 * 3 * 192 * 384,
-    "conv5": 13 * 13 * 3 * 3 * 192 * 256,
-    "fc": 9216 * 4096 + 4096 * 4096 + 4096 * 1000,
-}
+def train_flops(sides, channels, groups, classes):
+    """Training FLOPs per image of AlexNet's layers written out: 2 per multiply-add (output positions x
+    kernel area x input channels per group x output channels), three passes (forward, input and weight
+    gradients) but no input gradient for conv1. `sides`: conv1, conv2, conv3-5 and pool5 outputs."""
+    c1, c2, c3, c4, c5, fc = channels
+    s1, s2, s3, s5 = sides
+    macs = [s1 * s1 * 11 * 11 * 3 * c1,
+            s2 * s2 * 5 * 5 * (c1 // groups) * c2,
+            s3 * s3 * 3 * 3 * c2 * c3,
+            s3 * s3 * 3 * 3 * (c3 // groups) * c4,
+            s3 * s3 * 3 * 3 * (c4 // groups) * c5,
+            s5 * s5 * c5 * fc + fc * fc + fc * classes]
+    return 2 * (3 * sum(macs) - macs[0])
 
 
-def test_train_flops_count_every_layer_three_times_but_conv1_twice():
-    # Training FLOPs: forward, input gradient and weight gradient; conv1 has no input gradient.
-    # In a subprocess: tools/benchmark.py defines absl flags that the training binary's share.
-    code = ("from alexnet_tf.model import build_alexnet; from tools import benchmark; "
-            "print([benchmark.train_flops_per_image(build_alexnet(towers=t)) for t in (1, 2)])")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr
-    expected = 2 * (3 * sum(PAPER_MACS.values()) - PAPER_MACS["conv1"])
-    assert json.loads(result.stdout) == [expected, expected]
-    assert expected == pytest.approx(4.136e9, rel=1e-3)
+def test_paper_networks_training_flops():
+    # Section 3.5's layer sizes on 224 crops (55 -> 27 -> 13 -> 6): the 4.3 GFLOP the issue quotes, more exactly.
+    assert train_flops((55, 27, 13, 6), (96, 256, 384, 384, 256, 4096), 2, 1000) == 4_135_610_496
 
 
 def test_model_prints_one_line_per_variant_with_both_rates():
@@ -86,16 +81,17 @@ def test_model_prints_one_line_per_variant_with_both_rates():
     assert [line["variant"] for line in lines] == ["paper", "dense"]
     paper, dense = lines
     assert (paper["towers"], dense["towers"], dense["groups"]) == (2, 1, 1)
-    # The tiny networks' sizes, as build_alexnet makes them.
     for line in lines:
+        # The tiny networks, as build_alexnet makes them: width 1/16 and 67-pixel crops, 15 -> 7 -> 3 -> 1.
         expected = build_alexnet(towers=line["towers"], groups=line["groups"], image_size=67,
                                  width=0.0625).count_params()
         assert line["params"] == expected
+        flops = train_flops((15, 7, 3, 1), (6, 16, 24, 24, 16, 256), line["groups"], 1000)
+        assert line["train_flops_per_image"] == flops
         assert len(line["train_runs"]) == len(line["infer_runs"]) == 2
         assert line["train_images_per_sec"] == pytest.approx(np.median(line["train_runs"]), abs=0.01)
         assert min(line["train_runs"] + line["infer_runs"]) > 0
         assert (line["batch_size"], line["image_size"], line["steps"]) == (2, 67, 1)
-    assert paper["train_flops_per_image"] < dense["train_flops_per_image"]  # grouping saves FLOPs
     # The ratios pair the repeats: the median of their ratios, not the ratio of their medians.
     assert paper["train_ratio_to_first"] == 1.0
     ratios = [d / p for d, p in zip(dense["train_runs"], paper["train_runs"])]
@@ -105,7 +101,6 @@ def test_model_prints_one_line_per_variant_with_both_rates():
 @pytest.mark.parametrize("args, flag", [
     (["--width=0"], "--width"),
     (["--steps=3", "--steps_per_execution=2"], "--steps_per_execution"),
-    (["--variant=wide"], "--variant"),
 ])
 def test_bad_flags_give_one_line_and_no_traceback(args, flag):
     result = _benchmark("model", *args)
@@ -187,7 +182,7 @@ def test_torch_sgd_steps_match_paper_sgd(torch_alexnet):
 
 
 def test_compare_prints_both_rates_their_ratio_and_the_roofline(torch_alexnet):
-    result = _benchmark("compare", *TINY)
+    result = _benchmark("compare", *TINY, "--matmul_size=256")
     assert result.returncode == 0, result.stderr
     (line,) = [json.loads(text) for text in result.stdout.splitlines()]
     assert line["variant"] == "paper" and len(line["tf_runs"]) == len(line["torch_runs"]) == 2

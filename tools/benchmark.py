@@ -20,12 +20,13 @@ Subcommands:
             image (counted from the model's layers).
 
 Timings start after --warmup_steps and are synchronous: Keras' batch callbacks wait for each execution,
-PyTorch on the CPU runs eagerly. Process-wide settings (TF_ENABLE_ONEDNN_OPTS, OMP/KMP variables) are read from
-the environment when TensorFlow loads, so comparing them takes alternating invocations; the JSON records them.
+PyTorch on the CPU runs eagerly. Process-wide settings (the thread flags, TF_ENABLE_ONEDNN_OPTS) take effect when
+TensorFlow starts, so comparing them takes alternating invocations; each JSON line records them.
 """
 
 import itertools
 import json
+import math
 import os
 import statistics
 import sys
@@ -66,7 +67,6 @@ VARIANTS = {  # build_alexnet arguments; see alexnet_tf/model.py.
     "dense": dict(towers=1, groups=1),
 }
 NUM_CLASSES = 1000  # ILSVRC-2012, section 2.
-MATMUL_SIZE = 4096  # Side of the square float32 matrices whose product measures the machine's peak.
 _VARIANT = flags.DEFINE_multi_enum("variant", ["paper"], list(VARIANTS),
                                    "Network variant; repeat the flag to alternate several. paper: the two towers "
                                    "of Figure 2 (towers=2); grouped: one stream with Conv2D(groups=2) (Caffe); "
@@ -78,6 +78,9 @@ _WIDTH = flags.DEFINE_float("width", 1.0, "Scales every channel and unit count; 
 _XLA = flags.DEFINE_boolean("xla", False, "XLA-compile the Keras train and predict steps (jit_compile).")
 _STEPS_PER_EXECUTION = flags.DEFINE_integer("steps_per_execution", 1, "Keras steps_per_execution: steps run "
                                             "by one call into the compiled function.", lower_bound=1)
+_MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 4096, "compare: side of the square float32 matrices whose "
+                                    "product measures the machine's peak (large enough to be compute-bound).",
+                                    lower_bound=1)
 _INTRA_OP_THREADS = flags.DEFINE_integer("intra_op_threads", 0, "Threads inside one op, for TensorFlow and "
                                          "PyTorch (0: one per core, both frameworks' default).", lower_bound=0)
 _INTER_OP_THREADS = flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow threads running independent ops "
@@ -244,25 +247,25 @@ def synthetic_batch(batch_size: int, image_size: int) -> tuple[np.ndarray, np.nd
     return images, rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32)
 
 
-def train_flops_per_image(model: keras.Model) -> float:
+def train_flops_per_image(model: keras.Model) -> int:
     """Floating-point operations of one training image, counting 2 per multiply-add of the convolutions and
     fully connected layers (pooling, LRN, activations and the update are memory-bound and left out).
 
     Training runs each such layer three times (forward, input gradient, weight gradient), except conv1's input
     gradient, which nothing needs.
     """
-    total = 0.0
+    total = 0
     for layer in model.layers:
         inner = unwrap(layer)
         if not isinstance(inner, (keras.layers.Conv2D, keras.layers.Dense)):
             continue
-        positions = np.prod(layer.output.shape[1:-1]) if isinstance(inner, keras.layers.Conv2D) else 1
-        forward = 2.0 * positions * np.prod(inner.kernel.shape)
+        positions = math.prod(layer.output.shape[1:-1]) if isinstance(inner, keras.layers.Conv2D) else 1
+        forward = 2 * positions * math.prod(inner.kernel.shape)
         total += 2 * forward if inner.name.startswith("conv1") else 3 * forward
-    return float(total)
+    return total
 
 
-def matmul_gflops(size: int = MATMUL_SIZE) -> float:
+def matmul_gflops(size: int) -> float:
     """GFLOP/s of one float32 [size, size] x [size, size] TensorFlow matmul (oneDNN's GEMM), after one untimed."""
     a, b = tf.random.normal([size, size], seed=1), tf.random.normal([size, size], seed=2)
     _matmul_corner(a, b).numpy()
@@ -332,7 +335,7 @@ def run_compare() -> dict:
     for _ in range(_REPEATS.value):
         runs["tf"].append(round(ours.train_rate(_STEPS.value), 2))
         runs["torch"].append(round(theirs.train_rate(_STEPS.value), 2))
-        runs["matmul_gflops"].append(round(matmul_gflops(), 1))
+        runs["matmul_gflops"].append(round(matmul_gflops(_MATMUL_SIZE.value), 1))
     flops = train_flops_per_image(ours.model)
     peak = max(runs["matmul_gflops"])  # A peak: load from other processes only lowers the samples.
     roofline = peak * 1e9 / flops

@@ -134,14 +134,13 @@ def load_keras_weights(model: TorchAlexNet, weights: Mapping[str, tuple[np.ndarr
             layer = layers[name]
             if kernel.ndim == 4:
                 kernel = kernel.transpose(3, 2, 0, 1)  # HWIO -> OIHW
-            elif name == "fc6":
-                # Keras' rows are (row, column, channel)-ordered; PyTorch's (channel, row, column).
-                channels = model.named_layers()["conv5"].out_channels
-                side = int(round((kernel.shape[0] // channels) ** 0.5))
-                kernel = kernel.reshape(side, side, channels, -1).transpose(2, 0, 1, 3).reshape(kernel.shape)
-                kernel = kernel.T
             else:
-                kernel = kernel.T
+                if name == "fc6":
+                    # Keras' rows are (row, column, channel)-ordered; PyTorch's (channel, row, column).
+                    channels = layers["conv5"].out_channels
+                    side = int(round((kernel.shape[0] // channels) ** 0.5))
+                    kernel = kernel.reshape(side, side, channels, -1).transpose(2, 0, 1, 3)
+                kernel = kernel.reshape(-1, kernel.shape[-1]).T  # (in, out) -> (out, in)
             layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel)))
             layer.bias.copy_(torch.from_numpy(np.asarray(bias)))
 
