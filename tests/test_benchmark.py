@@ -92,6 +92,7 @@ def test_model_prints_one_line_per_variant_with_both_rates():
         assert line["train_images_per_sec"] == pytest.approx(np.median(line["train_runs"]), abs=0.01)
         assert min(line["train_runs"] + line["infer_runs"]) > 0
         assert (line["batch_size"], line["image_size"], line["steps"]) == (2, 67, 1)
+        assert (line["dtype_policy"], line["xla"], line["steps_per_execution"]) == ("float32", False, 1)
     # The ratios pair the repeats: the median of their ratios, not the ratio of their medians.
     assert paper["train_ratio_to_first"] == 1.0
     ratios = [d / p for d, p in zip(dense["train_runs"], paper["train_runs"])]

@@ -78,6 +78,10 @@ _WIDTH = flags.DEFINE_float("width", 1.0, "Scales every channel and unit count; 
 _XLA = flags.DEFINE_boolean("xla", False, "XLA-compile the Keras train and predict steps (jit_compile).")
 _STEPS_PER_EXECUTION = flags.DEFINE_integer("steps_per_execution", 1, "Keras steps_per_execution: steps run "
                                             "by one call into the compiled function.", lower_bound=1)
+_DTYPE_POLICY = flags.DEFINE_enum("dtype_policy", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
+                                  "Keras dtype policy of the TensorFlow network (PyTorch's stays float32). "
+                                  "mixed_bfloat16 uses the AMX/AVX-512 BF16 units of recent Xeons; it changes "
+                                  "the numerics, so it is a lever, not the same result.")
 _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 4096, "compare: side of the square float32 matrices whose "
                                     "product measures the machine's peak (large enough to be compute-bound).",
                                     lower_bound=1)
@@ -284,7 +288,7 @@ def _settings() -> dict:
     """What decides the speed besides the flags: threads and oneDNN, as TensorFlow and the environment say."""
     return {"intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-            "cores": len(os.sched_getaffinity(0)), "xla": _XLA.value,
+            "cores": len(os.sched_getaffinity(0)), "xla": _XLA.value, "dtype_policy": _DTYPE_POLICY.value,
             "steps_per_execution": _STEPS_PER_EXECUTION.value,
             "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)"),
             "batch_size": _BATCH_SIZE.value, "image_size": _IMAGE_SIZE.value, "width": _WIDTH.value,
@@ -352,16 +356,18 @@ def run_compare() -> dict:
 SUBCOMMANDS = {"pipeline": run_pipeline, "model": run_model, "compare": run_compare}
 
 
-def _configure_threads() -> None:
-    """Applies the thread flags; TensorFlow accepts them only before its runtime starts, so this runs first."""
+def _configure() -> None:
+    """Applies the thread flags, which TensorFlow accepts only before its runtime starts (so this runs first),
+    and the dtype policy, which Keras reads when the models are built."""
     tf.config.threading.set_intra_op_parallelism_threads(_INTRA_OP_THREADS.value)
     tf.config.threading.set_inter_op_parallelism_threads(_INTER_OP_THREADS.value)
+    keras.mixed_precision.set_global_policy(_DTYPE_POLICY.value)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in SUBCOMMANDS:
         raise app.UsageError(f"expected one subcommand of {sorted(SUBCOMMANDS)}, got {argv[1:]}")
-    _configure_threads()
+    _configure()
     try:
         results = SUBCOMMANDS[argv[1]]()
     except (FileNotFoundError, ValueError) as error:
