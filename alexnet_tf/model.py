@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 import keras
 import numpy as np
 
-from alexnet_tf.layers import LocalResponseNormalization, OnDevice, unwrap
+from alexnet_tf.layers import LocalResponseNormalization, OnDevice, SplitGroupsConv2D, unwrap
 
 # Figure 2 / section 3.5: kernels per tower (half of each layer's total).
 TOWER_CHANNELS = {"conv1": 48, "conv2": 128, "conv3": 192, "conv4": 192, "conv5": 128}
@@ -145,8 +145,11 @@ def build_alexnet(
         ]
 
     def conv(base: str, kernel: int, strides: int = 1, padding: str = "same", groups: int = 1):
+        # Grouped: see SplitGroupsConv2D, the same layer without XLA's slow CPU convolutions.
+        layer_class = SplitGroupsConv2D if groups > 1 else keras.layers.Conv2D
+
         def make(layer_name: str) -> keras.layers.Layer:
-            return keras.layers.Conv2D(
+            return layer_class(
                 channels[base],
                 kernel,
                 strides=strides,

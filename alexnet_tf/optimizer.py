@@ -50,6 +50,9 @@ class PaperSGD(keras.optimizers.SGD):
     ):
         super().__init__(learning_rate=learning_rate, momentum=momentum, name=name, **kwargs)
         self.weight_decay_l2 = float(weight_decay_l2)
+        # One traced function per optimizer: a module-level one would keep traces that capture
+        # the variables of optimizers since deleted.
+        self._fused_update = tf.function(_fused_update, jit_compile=True, autograph=False)
 
     def add_variable_from_reference(self, reference_variable, name=None, initializer="zeros"):
         with _on_device_of(reference_variable):
@@ -58,14 +61,38 @@ class PaperSGD(keras.optimizers.SGD):
             )
 
     def update_step(self, gradient, variable, learning_rate):
+        decay = self.weight_decay_l2 if len(variable.shape) > 1 else 0.0
         with _on_device_of(variable):
-            if self.weight_decay_l2 and len(variable.shape) > 1:
+            if self.momentum and not self.nesterov:
+                momentum = self.momentums[self._get_variable_index(variable)]
+                learning_rate = tf.cast(learning_rate, variable.dtype)  # a Keras variable
+                self._fused_update(_tf_variable(variable), _tf_variable(momentum), gradient,
+                                   learning_rate, self.momentum, decay)
+                return
+            if decay:
                 gradient = tf.cast(gradient, variable.dtype)
-                gradient = gradient + tf.cast(self.weight_decay_l2, variable.dtype) * variable
+                gradient = gradient + tf.cast(decay, variable.dtype) * variable
             super().update_step(gradient, variable, learning_rate)
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "weight_decay_l2": self.weight_decay_l2}
+
+
+def _fused_update(variable, velocity, gradient, learning_rate, momentum, decay):
+    """Keras' momentum SGD on the gradient plus decay * variable, compiled by XLA:
+
+        velocity <- momentum * velocity - learning_rate * (gradient + decay * variable)
+        variable <- variable + velocity
+
+    XLA fuses this into two passes over memory (velocity, then variable) where Keras' update and
+    the decay run seven element-wise ops, each a memory-bound pass. On this project's 2-core CPU
+    the update of AlexNet's 61 million parameters takes 55 ms instead of 113 (docs/benchmarks.md).
+    One XLA kernel per variable shape, run on the variable's device.
+    """
+    dtype = variable.dtype
+    gradient = tf.cast(gradient, dtype) + tf.cast(decay, dtype) * variable
+    velocity.assign(tf.cast(momentum, dtype) * velocity - learning_rate * gradient)
+    variable.assign_add(velocity)
 
 
 def _on_device_of(variable) -> contextlib.AbstractContextManager:
@@ -73,6 +100,9 @@ def _on_device_of(variable) -> contextlib.AbstractContextManager:
     which places its own variables and updates."""
     if tf.distribute.has_strategy():
         return contextlib.nullcontext()
-    if isinstance(variable, keras.Variable):
-        variable = variable.value
-    return tf.device(variable.device)
+    return tf.device(_tf_variable(variable).device)
+
+
+def _tf_variable(variable) -> tf.Variable:
+    """The `tf.Variable` behind a Keras variable (or the variable itself)."""
+    return variable.value if isinstance(variable, keras.Variable) else variable

@@ -1,4 +1,5 @@
-"""LocalResponseNormalization against the paper's formula; OnDevice wrapper basics."""
+"""LocalResponseNormalization against the paper's formula and TensorFlow's kernel; grouped
+convolutions as separate convolutions; OnDevice wrapper basics."""
 
 import sys
 
@@ -7,7 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_tf.layers import LocalResponseNormalization, OnDevice
+from alexnet_tf.layers import (
+    LocalResponseNormalization,
+    OnDevice,
+    SplitGroupsConv2D,
+    local_response_normalization,
+)
 
 
 def lrn_reference(a: np.ndarray, n: int, k: float, alpha: float, beta: float) -> np.ndarray:
@@ -32,6 +38,51 @@ def test_lrn_matches_the_papers_formula(n, k, alpha, beta):
     layer = LocalResponseNormalization(depth=n, k=k, alpha=alpha, beta=beta)
     got = keras.ops.convert_to_numpy(layer(a))
     np.testing.assert_allclose(got, lrn_reference(a, n, k, alpha, beta), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "n, k, alpha, beta", [(5, 2.0, 1e-4, 0.75), (5, 1.0, 2e-5, 0.75), (3, 1.5, 0.3, 0.5), (7, 1.0, 0.01, 0.6)]
+)
+def test_fast_lrn_has_tensorflows_outputs_and_gradients(n, k, alpha, beta):
+    # The fast path against tf.nn.local_response_normalization, forward and backward, on ReLU-like
+    # activations (zeros included) large enough that the normalization matters.
+    rng = np.random.default_rng(1)
+    x = tf.constant(np.maximum(rng.normal(0, 40, (2, 5, 6, 13)), 0).astype(np.float32))
+    upstream = tf.constant(rng.normal(size=(2, 5, 6, 13)).astype(np.float32))
+    results = []
+    for lrn in (local_response_normalization, _tensorflow_lrn):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = lrn(x, n, k, alpha, beta)
+        results.append((y.numpy(), tape.gradient(y, x, output_gradients=upstream).numpy()))
+    (y_fast, dx_fast), (y_tf, dx_tf) = results
+    np.testing.assert_allclose(y_fast, y_tf, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dx_fast, dx_tf, rtol=1e-4, atol=1e-5 * np.abs(dx_tf).max())
+
+
+def _tensorflow_lrn(x, n, k, alpha, beta):
+    return tf.nn.local_response_normalization(x, n // 2, k, alpha, beta)
+
+
+@pytest.mark.parametrize("groups, strides, padding", [(2, 1, "same"), (4, 2, "valid")])
+def test_split_groups_conv_has_grouped_conv2ds_outputs_and_gradients(groups, strides, padding):
+    config = dict(filters=8, kernel_size=3, strides=strides, padding=padding, groups=groups,
+                  activation="relu")
+    grouped, split = keras.layers.Conv2D(**config), SplitGroupsConv2D(**config)
+    x = tf.random.stateless_normal((2, 9, 9, 8), seed=(0, 1))
+    grouped.build(x.shape)
+    split.build(x.shape)
+    assert split.kernel.shape == grouped.kernel.shape == (3, 3, 8 // groups, 8)
+    split.set_weights(grouped.get_weights())
+    results = []
+    for layer in (split, grouped):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * tf.cos(y))
+        results.append([y, *tape.gradient(loss, [x, layer.kernel, layer.bias])])
+    for fast, plain in zip(*results):
+        np.testing.assert_allclose(fast, plain, rtol=1e-4, atol=1e-5)
 
 
 def test_lrn_defaults_are_the_papers_constants():
