@@ -3,15 +3,16 @@
 Every worker runs the same command with its own TF_CONFIG (TensorFlow's convention): the cluster, a list of
 "host:port" addresses per job, and this worker's place in it, e.g.
     {"cluster": {"worker": ["host0:12345", "host1:12345"]}, "task": {"type": "worker", "index": 1}}
-Worker 0 (or the "chief" task, if the cluster has one) is the chief: it alone writes MODEL_DIR; the other
-workers write to `worker_dir`, their own directory under MODEL_DIR, because saving a model reads variables
-whose values are reduced across workers, so every worker has to save when the chief does.
+Worker 0 (or the "chief" task, if the cluster has one) is the chief: it alone writes MODEL_DIR. Saving needs
+no other worker (Keras saves layer and optimizer variables, which every worker holds in full), so the others
+write only their final model, to `worker_dir`, as a check that every worker ends with the same weights.
 
-Three things here make the strategy work as `model.fit` needs it:
-- `strategy()` bounds the waits that TensorFlow would otherwise make forever: for every worker of TF_CONFIG
-  to join, and for any collective operation (a worker that stops answering fails the others);
-- the strategy it returns reduces nested values, as Keras 3.15 asks of it (keras issue 20585);
-- `distributed_datasets` keeps the workers in lockstep through every epoch.
+What makes the strategy work as `model.fit` needs it:
+- `strategy()` checks TF_CONFIG (`read_tf_config`) and bounds the waits that TensorFlow would otherwise make
+  forever: for every worker to join, and for every collective operation, so that a worker which stops
+  answering makes the others fail (`WorkerLost`, exit status 75) rather than hang;
+- the strategy it returns reduces values the way Keras 3.15 asks it to (keras issue 20585);
+- `lockstep_datasets` keeps the workers stepping through the same number of batches.
 """
 
 from __future__ import annotations
@@ -145,11 +146,10 @@ class _KerasMultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrateg
 
     def reduce(self, reduce_op, value, axis):
         def reduce_one(one):
-            local = self.experimental_local_results(one)[0]
-            one_axis = None if getattr(local, "shape", None) is not None and local.shape.rank == 0 else axis
-            return super(_KerasMultiWorkerMirroredStrategy, self).reduce(reduce_op, one, one_axis)
+            scalar = self.experimental_local_results(one)[0].shape.rank == 0
+            return super(_KerasMultiWorkerMirroredStrategy, self).reduce(reduce_op, one, None if scalar else axis)
 
-        return tf.nest.map_structure(reduce_one, value, expand_composites=False)
+        return tf.nest.map_structure(reduce_one, value)
 
 
 def lockstep_datasets(train: tf.data.Dataset, validation: tf.data.Dataset | None, batch_size: int,

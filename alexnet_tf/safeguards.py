@@ -1,7 +1,7 @@
 """What stops a training run early, with one line saying why, before it overwrites anything it should keep.
 
 - `StopOnNaN`: a diverged loss, or an epoch that trained on nothing;
-- `check_model_dir`: a MODEL_DIR that holds a run of another model variant;
+- `ModelVariantRecord`: a MODEL_DIR that holds a run of another model variant;
 - `corrupt_data_error`: a data file that TensorFlow found corrupt, named.
 Each raises (or returns) a `TrainingError`; the training binary prints its message and exits non-zero.
 """
@@ -64,28 +64,40 @@ class StopOnNaN(keras.callbacks.Callback):
                                 "training diverged, and they were not saved; resume with a lower --learning_rate")
 
 
-def check_model_dir(model_dir: str, config: Mapping[str, Any], write: bool) -> None:
-    """Refuses to continue a run of another model variant in `model_dir`.
+class ModelVariantRecord(keras.callbacks.Callback):
+    """Keeps a run of one model variant from resuming another's MODEL_DIR.
 
-    `config` holds the flags that shape the model and its optimizer state (flag name -> value). The first
-    run records it in MODEL_DIR/model_config.json (when `write`: only the chief writes); a later run with
-    the same MODEL_DIR must match it, since it restores that run's backup. Raises TrainingError naming every
-    flag that differs.
+    `variant` holds the flags that shape the model and its optimizer state (flag name -> value). With the
+    run's first saved epoch, the chief records it in MODEL_DIR/model_config.json; `check` then refuses,
+    naming every flag that differs, to resume that MODEL_DIR (its backup and checkpoints) with other values.
+    Recorded at an epoch's end rather than at the start: a run that fails before saving anything leaves no
+    record to refuse a corrected command.
     """
-    path = os.path.join(model_dir, MODEL_CONFIG_FILENAME)
-    if tf.io.gfile.exists(path):
-        with tf.io.gfile.GFile(path) as f:
+
+    def __init__(self, model_dir: str, variant: Mapping[str, Any], is_chief: bool = True):
+        super().__init__()
+        self.path = os.path.join(model_dir, MODEL_CONFIG_FILENAME)
+        self.model_dir, self.variant, self.is_chief = model_dir, dict(variant), is_chief
+
+    def check(self) -> None:
+        """Raises TrainingError if MODEL_DIR holds a record of another variant."""
+        if not tf.io.gfile.exists(self.path):
+            return
+        with tf.io.gfile.GFile(self.path) as f:
             recorded = json.load(f)
-        differences = [f"--{name}={_flag_text(config.get(name))} (it has {_flag_text(recorded.get(name))})"
-                       for name in sorted(set(config) | set(recorded)) if config.get(name) != recorded.get(name)]
+        differences = [f"--{name}={_flag_text(self.variant.get(name))} (it has {_flag_text(recorded.get(name))})"
+                       for name in sorted(set(self.variant) | set(recorded))
+                       if self.variant.get(name) != recorded.get(name)]
         if differences:
-            raise TrainingError(f"{model_dir} holds a run of another model variant: {'; '.join(differences)}. "
+            raise TrainingError(f"{self.model_dir} holds a run of another model variant: {'; '.join(differences)}. "
                                 "Resume it with its own flags, or give a new --model_dir")
-    elif write:  # Atomically (temporary file, then rename): other workers may be reading it.
-        tf.io.gfile.makedirs(model_dir)
-        with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-            json.dump(dict(config), f, indent=1, sort_keys=True)
-        tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.is_chief and not tf.io.gfile.exists(self.path):
+            # Atomically (temporary file, then rename): other workers may be reading it.
+            with tf.io.gfile.GFile(self.path + ".tmp", "w") as f:
+                json.dump(self.variant, f, indent=1, sort_keys=True)
+            tf.io.gfile.rename(self.path + ".tmp", self.path, overwrite=True)
 
 
 def _flag_text(value: Any) -> str:

@@ -217,18 +217,11 @@ def run(flags_obj: flags.FlagValues, strategy_override: tf.distribute.Strategy |
                              "--input_dir=SRC --output_dir=DST)")
     datasets = datasets_override or create_datasets(flags_obj, batch_size)
     num_classes = flags_obj.num_classes or datasets.num_classes
-    safeguards.check_model_dir(flags_obj.model_dir, model_variant(flags_obj, num_classes), write=chief)
+    variant = safeguards.ModelVariantRecord(flags_obj.model_dir, model_variant(flags_obj, num_classes), chief)
+    variant.check()
     steps_per_epoch = flags_obj.steps_per_epoch
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        if batch_size % strategy.num_replicas_in_sync:
-            raise app.UsageError(f"--batch_size={batch_size} does not split evenly over the cluster's "
-                                 f"{strategy.num_replicas_in_sync} replicas")
-        steps_per_epoch = steps_per_epoch or (datasets.train_examples or 0) // batch_size
-        if not steps_per_epoch:
-            raise app.UsageError("--strategy=multi_worker needs --steps_per_epoch: the training set's size "
-                                 "is unknown")
-        datasets.train, datasets.validation = multi_worker.lockstep_datasets(
-            datasets.train, datasets.validation, batch_size, datasets.validation_examples)
+        steps_per_epoch = in_lockstep(datasets, strategy.num_replicas_in_sync, batch_size, steps_per_epoch)
     with strategy.scope():
         model = create_model(flags_obj, num_classes)
         compile_model(model, flags_obj)
@@ -236,7 +229,7 @@ def run(flags_obj: flags.FlagValues, strategy_override: tf.distribute.Strategy |
     callbacks, throughput = create_callbacks(flags_obj, flags_obj.model_dir, batch_size, chief)
     logging.info("Training %s (%s parameters) with %s on %d replica(s).", model.name,
                  f"{model.count_params():,}", type(strategy).__name__, strategy.num_replicas_in_sync)
-    history = fit(model, datasets, flags_obj, steps_per_epoch, callbacks)
+    history = fit(model, datasets, flags_obj, steps_per_epoch, [*callbacks, variant])
     results = summarize(flags_obj, history, throughput)
     if chief:
         results["conv1_png"] = write_conv1_png(model, os.path.join(flags_obj.model_dir, "conv1.png"))
@@ -257,6 +250,18 @@ def run(flags_obj: flags.FlagValues, strategy_override: tf.distribute.Strategy |
     return results
 
 
+def in_lockstep(datasets: Datasets, replicas: int, batch_size: int, steps_per_epoch: int | None) -> int:
+    """Makes `datasets` fit for multi_worker (`multi_worker.lockstep_datasets`); returns an epoch's steps."""
+    if batch_size % replicas:
+        raise app.UsageError(f"--batch_size={batch_size} does not split evenly over the cluster's {replicas} replicas")
+    steps_per_epoch = steps_per_epoch or (datasets.train_examples or 0) // batch_size
+    if not steps_per_epoch:
+        raise app.UsageError("--strategy=multi_worker needs --steps_per_epoch: the training set's size is unknown")
+    datasets.train, datasets.validation = multi_worker.lockstep_datasets(
+        datasets.train, datasets.validation, batch_size, datasets.validation_examples)
+    return steps_per_epoch
+
+
 def fit(model: keras.Model, datasets: Datasets, flags_obj: flags.FlagValues, steps_per_epoch: int | None,
         callbacks: list[keras.callbacks.Callback]) -> keras.callbacks.History:
     """`model.fit`, with the errors a user can cause or meet turned into one-line TrainingErrors."""
@@ -273,7 +278,7 @@ def fit(model: keras.Model, datasets: Datasets, flags_obj: flags.FlagValues, ste
     except tf.errors.DataLossError as error:
         raise safeguards.corrupt_data_error(flags_obj.data_dir, error) from None
     except multi_worker.PEER_ERRORS as error:
-        if flags_obj.strategy != "multi_worker":
+        if not isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
             raise
         raise multi_worker.worker_lost(error, flags_obj.cluster_timeout) from None
 
