@@ -338,13 +338,12 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         results = run(FLAGS)
-    except (FileNotFoundError, app.UsageError) as error:
-        # A missing dataset or an impossible combination of flags: one line, no traceback.
-        sys.exit(f"train: error: {error}")
-    except safeguards.TrainingError as error:  # Bad input, divergence, a lost worker: one line too.
+    except (FileNotFoundError, app.UsageError, safeguards.TrainingError) as error:
+        # Impossible flags, bad input, a diverged loss, a lost worker: one line, no traceback.
         print(f"train: error: {error}", file=sys.stderr)
-        multi_worker.exit_if_joined(error.exit_code)
-        sys.exit(error.exit_code)
+        code = getattr(error, "exit_code", 1)
+        multi_worker.exit_if_joined(code)
+        sys.exit(code)
     if results["val_top1_error"] is not None:
         print(f"Validation top-1 error {results['val_top1_error']:.4f}, top-5 error "
               f"{results['val_top5_error']:.4f} after {results['epochs']} epochs.")

@@ -73,15 +73,20 @@ def assert_kept(before, directory):
     assert {path: after.get(path) for path in before} == before
 
 
-def test_the_binary_prints_one_line_and_exits_1(data_dir, tmp_path, capsys, parse):
-    bad = shutil.copytree(data_dir, tmp_path / "data")
-    (bad / "dataset_info.json").write_text("{not json")
-    parse(f"--data_dir={bad}", f"--model_dir={tmp_path / 'model'}")
+@pytest.mark.parametrize("spoil, message", [
+    (lambda data: shutil.rmtree(data) or data.mkdir(), "neither a prepared data set"),
+    (lambda data: (data / "dataset_info.json").write_text("{not json"), "dataset_info.json is not valid JSON ("),
+])
+def test_an_empty_or_unreadable_data_dir_is_one_line_and_exit_status_1(data_dir, tmp_path, capsys, parse, spoil,
+                                                                        message):
+    data = shutil.copytree(data_dir, tmp_path / "data")
+    spoil(data)
+    parse(f"--data_dir={data}", f"--model_dir={tmp_path / 'model'}")
     with pytest.raises(SystemExit) as exit_info:
         train.main(["train"])
     assert exit_info.value.code == 1
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
-        f"train: error: {bad}: dataset_info.json is not valid JSON (")
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"train: error: {data}") and message in last, last
     assert not (tmp_path / "model").exists()
 
 
