@@ -55,7 +55,7 @@ class Datasets:
 def create_datasets(flags_obj: flags.FlagValues, batch_size: int) -> Datasets:
     """The training and validation sets of --data_dir; raises TrainingError if it cannot be read."""
     try:
-        return _create_datasets(flags_obj, flags_obj.data_dir, batch_size)
+        return _create_datasets(flags_obj, batch_size)
     except json.JSONDecodeError as error:
         raise safeguards.TrainingError(f"{flags_obj.data_dir}: {input_pipeline.DATASET_INFO_FILENAME} is not "
                                        f"valid JSON ({error}): prepare the data set again") from None
@@ -63,7 +63,8 @@ def create_datasets(flags_obj: flags.FlagValues, batch_size: int) -> Datasets:
         raise safeguards.TrainingError(str(error)) from None
 
 
-def _create_datasets(flags_obj: flags.FlagValues, data_dir: str, batch_size: int) -> Datasets:
+def _create_datasets(flags_obj: flags.FlagValues, batch_size: int) -> Datasets:
+    data_dir = flags_obj.data_dir
     common = dict(image_size=flags_obj.image_size, mean=flags_obj.mean, stats_path=flags_obj.stats_path,
                   channel_order=flags_obj.channel_order, mean_rgb=flags_lib.mean_rgb(flags_obj))
     train = input_pipeline.make_train_dataset(

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import pathlib
 import re
 import shutil
 import subprocess
@@ -62,9 +63,8 @@ def model_dir(finished_run, tmp_path):
 
 def contents(directory):
     """{relative path: SHA-256} of every file under `directory`."""
-    return {os.path.relpath(os.path.join(root, name), directory):
-            hashlib.sha256(open(os.path.join(root, name), "rb").read()).hexdigest()
-            for root, _, names in os.walk(directory) for name in names}
+    return {str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in pathlib.Path(directory).rglob("*") if path.is_file()}
 
 
 def assert_kept(before, directory):
