@@ -8,6 +8,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 _cpu = tf.config.list_physical_devices("CPU")[0]
@@ -21,3 +22,23 @@ def pytest_configure(config):
     config.addinivalue_line(
         "filterwarnings", "ignore:__array__ implementation doesn't accept a copy keyword"
     )
+
+
+@pytest.fixture
+def parse():
+    """parse(*args) parses the binaries' flags (alexnet_tf/flags.py) from `args` for one test and
+    returns them; every flag is restored after the test."""
+    from absl import flags
+    from absl.testing import flagsaver
+
+    from alexnet_tf import flags as flags_lib
+
+    flags_lib.define_flags()
+    with flagsaver.flagsaver():
+
+        def parse_args(*args):
+            flags.FLAGS.unparse_flags()
+            flags.FLAGS(["alexnet_tf", *args])
+            return flags.FLAGS
+
+        yield parse_args

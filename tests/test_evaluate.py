@@ -10,16 +10,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import app, flags
-from absl.testing import flagsaver
 from PIL import Image
 
 from alexnet_tf import evaluate, input_pipeline, loading
-from alexnet_tf import flags as flags_lib
 from alexnet_tf.model import build_alexnet
 from alexnet_tf.weights import load_npy_weights
 from tests import colour_classifier as cc
 
-FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -29,15 +26,9 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def parse():
-    """Parses command-line flags for one test; every flag is restored afterwards."""
-    flags_lib.define_flags()
-    with flagsaver.flagsaver():
-        def parse_args(*args):
-            FLAGS.unparse_flags()
-            FLAGS(["evaluate", "--batch_size=3", *args])
-            return FLAGS
-        yield parse_args
+def parse(parse):
+    """conftest's flag parser, with batches of 3."""
+    return lambda *args: parse("--batch_size=3", *args)
 
 
 def colour_checkpoint(path, scale=cc.SCALE, towers=1, roll=0):

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import app, flags
-from absl.testing import flagsaver
 from PIL import Image
 
 from alexnet_tf import export, input_pipeline, loading
@@ -61,18 +60,6 @@ except tf.errors.InvalidArgumentError as error:
 assert "alexnet_tf" not in sys.modules
 print(json.dumps(out))
 """
-
-
-@pytest.fixture
-def parse():
-    """Parses command-line flags for one test; every flag is restored afterwards."""
-    flags_lib.define_flags()
-    with flagsaver.flagsaver():
-        def parse_args(*args):
-            FLAGS.unparse_flags()
-            FLAGS(["export", *args])
-            return FLAGS
-        yield parse_args
 
 
 def encoded(image: np.ndarray, format: str, mode: str | None = None) -> bytes:

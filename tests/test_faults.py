@@ -32,15 +32,9 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def parse():
-    """Parses command-line flags for one test; every flag is restored afterwards."""
-    flags_lib.define_flags()
-    with flagsaver.flagsaver():
-        def parse_args(*args):
-            FLAGS.unparse_flags()
-            FLAGS(["train", *TINY, *args])
-            return FLAGS
-        yield parse_args
+def parse(parse):
+    """conftest's flag parser, with the tiny network's flags."""
+    return lambda *args: parse(*TINY, *args)
 
 
 @pytest.fixture(scope="module")

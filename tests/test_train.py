@@ -11,14 +11,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
-from absl.testing import flagsaver
 
-from alexnet_tf import flags as flags_lib
 from alexnet_tf import train
 from tests import tiny_data
 
-FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--width=0.0625", "--image_size=64", "--batch_size=8", "--seed=1", "--keep_checkpoints=2"]
 
@@ -26,18 +22,6 @@ TINY = ["--width=0.0625", "--image_size=64", "--batch_size=8", "--seed=1", "--ke
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return tiny_data.prepared_dataset(str(tmp_path_factory.mktemp("data")))
-
-
-@pytest.fixture
-def parse():
-    """Parses command-line flags for one test; every flag is restored afterwards."""
-    flags_lib.define_flags()
-    with flagsaver.flagsaver():
-        def parse_args(*args):
-            FLAGS.unparse_flags()
-            FLAGS(["train", *args])
-            return FLAGS
-        yield parse_args
 
 
 @pytest.mark.parametrize("strategy", ["one_device", "mirrored", "towers"])
