@@ -127,13 +127,7 @@ def _common(paths: Sequence[str], models: Sequence[keras.Model], get: Callable[[
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        results = run(FLAGS)
-    except (FileNotFoundError, ValueError, app.UsageError) as error:
-        # A missing dataset or model, or flags that do not fit them: one line, no traceback.
-        sys.exit(f"evaluate: error: {error}")
+    results = flags_lib.run_or_exit("evaluate", run, argv)
     crops = "ten crops" if results["ten_crop"] else "centre crop"
     models = f"{len(results['models'])} models" if len(results["models"]) > 1 else "1 model"
     print(f"top-1 error {results['top1_error']:.4f}, top-5 error {results['top5_error']:.4f} "

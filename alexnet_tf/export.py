@@ -43,7 +43,6 @@ the plumbing is the point):
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Callable, Sequence
 
 import keras
@@ -129,14 +128,9 @@ def export_model(model: keras.Model, flags_obj: flags.FlagValues, export_dir: st
     return {"export_dir": export_dir, "signatures": [SERVING_SIGNATURE, IMAGES_SIGNATURE],
             "image_size": loading.image_size(model), "num_classes": len(names)}
 
+
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        results = run(FLAGS)
-    except (FileNotFoundError, ValueError, app.UsageError) as error:
-        # A missing dataset or model, or flags that do not fit them: one line, no traceback.
-        sys.exit(f"export: error: {error}")
+    results = flags_lib.run_or_exit("export", run, argv)
     print(f"Exported {results['model']} ({results['num_classes']} classes, {results['image_size']} px) to "
           f"{results['export_dir']} with signatures {', '.join(results['signatures'])}.\n"
           f"Inspect it with: saved_model_cli show --dir {results['export_dir']} --all")

@@ -9,8 +9,10 @@ line naming the flag (absl's validators), before any work is done.
 from __future__ import annotations
 
 import os
+import sys
+from typing import Any, Callable
 
-from absl import flags
+from absl import app, flags
 
 from alexnet_tf import input_pipeline, model, multi_worker, optimizer
 
@@ -177,3 +179,15 @@ def model_kwargs(flag_values: flags.FlagValues, num_classes: int) -> dict:
         input_scale=flag_values.input_scale,
         seed=flag_values.seed,
     )
+
+
+def run_or_exit(program: str, run: Callable[[flags.FlagValues], dict[str, Any]], argv: list[str]) -> dict[str, Any]:
+    """`run(FLAGS)` for a binary's `main`. A missing dataset or model, or flags that do not fit
+    them (FileNotFoundError, ValueError, UsageError), ends the program with one line on stderr
+    and a non-zero exit, without a traceback."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        return run(FLAGS)
+    except (FileNotFoundError, ValueError, app.UsageError) as error:
+        sys.exit(f"{program}: error: {error}")
