@@ -35,7 +35,8 @@ import tensorflow as tf
 from absl import app, flags
 
 from alexnet_tf import flags as flags_lib
-from alexnet_tf import input_pipeline, loading
+from alexnet_tf import loading
+from alexnet_tf.data import pipeline
 from alexnet_tf.metrics import TopKError
 
 FLAGS = flags.FLAGS
@@ -96,18 +97,18 @@ def run(flags_obj: flags.FlagValues, datasets_override: tf.data.Dataset | None =
     image_size = _common(paths, models, loading.image_size, "image size")
     num_classes = _common(paths, models, loading.num_classes, "number of classes")
     if datasets_override is None:
-        dataset_classes = input_pipeline.num_classes(data_dir)
+        dataset_classes = pipeline.num_classes(data_dir)
         if dataset_classes != num_classes:
             raise app.UsageError(f"the model has {num_classes} classes, {data_dir} has {dataset_classes}")
-        dataset = input_pipeline.make_eval_dataset(
+        dataset = pipeline.make_eval_dataset(
             data_dir, flags_obj.batch_size, image_size=image_size, ten_crop=flags_obj.ten_crop, mean=flags_obj.mean,
             stats_path=flags_obj.stats_path, channel_order=flags_obj.channel_order,
             mean_rgb=flags_lib.mean_rgb(flags_obj))
-        num_examples = input_pipeline.num_examples(data_dir, input_pipeline.VALIDATION)
+        num_examples = pipeline.num_examples(data_dir, pipeline.VALIDATION)
     else:
         dataset, num_examples = datasets_override, None
     results = evaluate(models, dataset, num_examples, verbose=1 if sys.stdout.isatty() else 2)
-    results.update(models=paths, ten_crop=flags_obj.ten_crop, data_dir=data_dir, split=input_pipeline.VALIDATION,
+    results.update(models=paths, ten_crop=flags_obj.ten_crop, data_dir=data_dir, split=pipeline.VALIDATION,
                    image_size=image_size, mean=flags_obj.mean, mean_rgb=flags_lib.mean_rgb(flags_obj),
                    channel_order=flags_obj.channel_order)
     path = results_path(flags_obj, paths)

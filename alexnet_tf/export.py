@@ -13,7 +13,7 @@ without this package. It is written with Keras 3's `keras.export.ExportArchive` 
   decode as well) of any size -> `classes` int64 [N, 5], `scores` float32 [N, 5] (softmax
   probabilities, descending) and `labels` tf.string [N, 5] (class names). Each image is decoded
   with 3 channels, its shorter side rescaled to the stored size (the data set's, 256 for
-  ImageNet, section 2) and centre-cropped, as evaluation does (`input_pipeline.make_eval_transform`):
+  ImageNet, section 2) and centre-cropped, as evaluation does (`pipeline.make_eval_transform`):
   same crop, same mean (--mean, --mean_rgb, --stats_path or DATA_DIR/stats.npz), same channel
   order. An image that does not decode (empty, truncated, not an image) fails the whole request
   with TensorFlow's InvalidArgumentError naming the problem ("Input is empty", "Invalid PNG data",
@@ -50,7 +50,8 @@ import tensorflow as tf
 from absl import app, flags
 
 from alexnet_tf import flags as flags_lib
-from alexnet_tf import input_pipeline, loading
+from alexnet_tf import loading
+from alexnet_tf.data import pipeline
 
 FLAGS = flags.FLAGS
 # Section 6: the top-5 error counts "the fraction of test images for which the correct label is not among
@@ -64,7 +65,7 @@ def class_names(data_dir: str | None, num_classes: int) -> list[str]:
     """The names the `labels` output gives: the data set's, else "0", "1", ..."""
     if data_dir is None:
         return [str(i) for i in range(num_classes)]
-    names = [name for _, name in input_pipeline.read_labels(data_dir)]
+    names = [name for _, name in pipeline.read_labels(data_dir)]
     if len(names) != num_classes:
         raise app.UsageError(f"the model has {num_classes} classes, {data_dir} names {len(names)}")
     return names
@@ -120,7 +121,7 @@ def export_model(model: keras.Model, flags_obj: flags.FlagValues, export_dir: st
     """Writes `model` with the serving preprocessing the data flags describe to `export_dir`."""
     model = loading.unplaced(model)
     names = class_names(flags_obj.data_dir, loading.num_classes(model))
-    preprocess = input_pipeline.make_eval_transform(
+    preprocess = pipeline.make_eval_transform(
         flags_obj.data_dir, image_size=loading.image_size(model), mean=flags_obj.mean,
         stats_path=flags_obj.stats_path, channel_order=flags_obj.channel_order,
         mean_rgb=flags_lib.mean_rgb(flags_obj), any_image=True)

@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 from absl import app, flags
 
-from alexnet_tf import input_pipeline, model, multi_worker, optimizer
+from alexnet_tf import model, multi_worker, optimizer
+from alexnet_tf.data import pipeline
 
 FLAGS = flags.FLAGS
 STRATEGIES = ("one_device", "mirrored", "towers", "multi_worker")
@@ -33,7 +34,7 @@ def define_flags() -> None:
     _define_evaluation_flags()
     flags.register_multi_flags_validator(
         ["data_dir", "demo"],
-        lambda v: v["data_dir"] is None or v["demo"] or v["data_dir"].startswith(input_pipeline.TFDS_PREFIX)
+        lambda v: v["data_dir"] is None or v["demo"] or v["data_dir"].startswith(pipeline.TFDS_PREFIX)
         or os.path.isdir(v["data_dir"]),
         "--data_dir must be an existing directory or tfds:NAME (prepare one with: "
         "python tools/prepare_imagenet.py --input_dir=SRC --output_dir=DST)")
@@ -43,7 +44,7 @@ def _define_model_flags() -> None:
     flags.DEFINE_integer("towers", 2, "2: the paper's two-tower network (Figure 2); 1: one stream.")
     flags.DEFINE_integer("groups", 2, "For --towers=1: 2 groups in conv2/4/5 (Caffe) or 1 (dense).")
     flags.DEFINE_float("width", 1.0, "Scales every channel and unit count; 1.0 is the paper's.")
-    flags.DEFINE_integer("image_size", input_pipeline.IMAGENET_CROP_SIZE, "Side of the square crops fed to the network, pixels.")
+    flags.DEFINE_integer("image_size", pipeline.IMAGENET_CROP_SIZE, "Side of the square crops fed to the network, pixels.")
     flags.DEFINE_integer("num_classes", None, "Classes of fc8; default: the dataset's.")
     flags.DEFINE_boolean("lrn", True, "Local response normalization after conv1 and conv2 (section 3.3).")
     flags.DEFINE_float("lrn_k", 2.0, "LRN k (section 3.3).")
@@ -73,15 +74,15 @@ def _define_model_flags() -> None:
 
 def _define_data_flags() -> None:
     flags.DEFINE_string("data_dir", None, "Prepared dataset (tools/prepare_imagenet.py output), an ILSVRC "
-                        f"folder, or '{input_pipeline.TFDS_PREFIX}NAME' for a TFDS dataset.")
+                        f"folder, or '{pipeline.TFDS_PREFIX}NAME' for a TFDS dataset.")
     flags.DEFINE_string("stats_path", None, "Mean image and RGB eigen-decomposition (tools/compute_stats.py); "
                         "default DATA_DIR/stats.npz, else the published ImageNet values.")
-    flags.DEFINE_enum("mean", "image", list(input_pipeline.MEAN_MODES),
+    flags.DEFINE_enum("mean", "image", list(pipeline.MEAN_MODES),
                       "Subtract the mean image (section 2), the per-channel mean, or nothing.")
-    flags.DEFINE_enum("channel_order", "RGB", list(input_pipeline.CHANNEL_ORDERS),
+    flags.DEFINE_enum("channel_order", "RGB", list(pipeline.CHANNEL_ORDERS),
                       "Channel order fed to the network (BGR for Caffe's weights).")
     flags.DEFINE_boolean("pca_noise", True, "PCA colour noise in training (section 4.1).")
-    flags.DEFINE_integer("shuffle_buffer", input_pipeline.DEFAULT_SHUFFLE_BUFFER, "Training shuffle buffer, examples.")
+    flags.DEFINE_integer("shuffle_buffer", pipeline.DEFAULT_SHUFFLE_BUFFER, "Training shuffle buffer, examples.")
     flags.register_validator("shuffle_buffer", lambda v: v >= 1, "--shuffle_buffer must be >= 1")
     flags.DEFINE_list("mean_rgb", None, "With --mean=channel: the per-channel mean to subtract, R,G,B on the "
                       "0-255 scale (123,117,104 for Caffe's weights); default: the statistics' mean.")

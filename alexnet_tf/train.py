@@ -29,7 +29,8 @@ import tensorflow as tf
 from absl import app, flags, logging
 from PIL import Image
 
-from alexnet_tf import distribute, export, input_pipeline, multi_worker, safeguards, summaries, model as model_lib
+from alexnet_tf import distribute, export, multi_worker, safeguards, summaries, model as model_lib
+from alexnet_tf.data import pipeline
 from alexnet_tf import flags as flags_lib
 from alexnet_tf import weights as weights_lib
 from alexnet_tf.metrics import TopKError
@@ -57,7 +58,7 @@ def create_datasets(flags_obj: flags.FlagValues, batch_size: int) -> Datasets:
     try:
         return _create_datasets(flags_obj, batch_size)
     except json.JSONDecodeError as error:
-        raise safeguards.TrainingError(f"{flags_obj.data_dir}: {input_pipeline.DATASET_INFO_FILENAME} is not "
+        raise safeguards.TrainingError(f"{flags_obj.data_dir}: {pipeline.DATASET_INFO_FILENAME} is not "
                                        f"valid JSON ({error}): prepare the data set again") from None
     except ValueError as error:  # input_pipeline's messages name the problem.
         raise safeguards.TrainingError(str(error)) from None
@@ -67,17 +68,17 @@ def _create_datasets(flags_obj: flags.FlagValues, batch_size: int) -> Datasets:
     data_dir = flags_obj.data_dir
     common = dict(image_size=flags_obj.image_size, mean=flags_obj.mean, stats_path=flags_obj.stats_path,
                   channel_order=flags_obj.channel_order, mean_rgb=flags_lib.mean_rgb(flags_obj))
-    train = input_pipeline.make_train_dataset(
+    train = pipeline.make_train_dataset(
         data_dir, batch_size, seed=flags_obj.seed, deterministic=flags_obj.deterministic,
         pca_noise=flags_obj.pca_noise, shuffle_buffer=flags_obj.shuffle_buffer, **common)
     try:
-        validation = input_pipeline.make_eval_dataset(data_dir, batch_size, **common)
+        validation = pipeline.make_eval_dataset(data_dir, batch_size, **common)
     except FileNotFoundError:
         logging.warning("%s has no validation split: the learning rate will not be scheduled.", data_dir)
         validation = None
-    return Datasets(train, validation, input_pipeline.num_classes(data_dir),
-                    input_pipeline.num_examples(data_dir, input_pipeline.TRAIN),
-                    None if validation is None else input_pipeline.num_examples(data_dir, input_pipeline.VALIDATION))
+    return Datasets(train, validation, pipeline.num_classes(data_dir),
+                    pipeline.num_examples(data_dir, pipeline.TRAIN),
+                    None if validation is None else pipeline.num_examples(data_dir, pipeline.VALIDATION))
 
 
 def create_model(flags_obj: flags.FlagValues, num_classes: int) -> keras.Model:
@@ -321,17 +322,17 @@ def _number(value) -> float | None:
 
 def prepare_demo(data_dir: str | None) -> None:
     """Generates and prepares the offline demo dataset in `data_dir`, unless it is there."""
-    from alexnet_tf import demo_data, prepare  # Only the demo needs them.
+    from alexnet_tf.data import demo, prepare  # Only the demo needs them.
 
     if data_dir is None:
         raise app.UsageError("--demo needs --data_dir")
-    if os.path.exists(os.path.join(data_dir, input_pipeline.DATASET_INFO_FILENAME)):
+    if os.path.exists(os.path.join(data_dir, pipeline.DATASET_INFO_FILENAME)):
         return
     raw = os.path.join(data_dir, "raw")
     if not os.path.isdir(raw):  # generate() writes the folder whole or not at all.
-        demo_data.generate(raw)
-    prepare.prepare(raw, data_dir, stored_size=demo_data.DEFAULT_SIZE,
-                    names_file=os.path.join(raw, demo_data.NAMES_FILE))
+        demo.generate(raw)
+    prepare.prepare(raw, data_dir, stored_size=demo.DEFAULT_SIZE,
+                    names_file=os.path.join(raw, demo.NAMES_FILE))
 
 
 def main(argv: list[str]) -> None:

@@ -19,7 +19,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from alexnet_tf import prepare
+from alexnet_tf.data import prepare
 from alexnet_tf.model import build_alexnet
 from alexnet_tf.weights import npy_weights
 

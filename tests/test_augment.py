@@ -1,4 +1,4 @@
-"""Tests for alexnet_tf/augment.py: crop geometry, mirroring, PCA colour noise, rescaling."""
+"""Tests for alexnet_tf/data/augment.py: crop geometry, mirroring, PCA colour noise, rescaling."""
 
 import sys
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_tf import augment, stats
+from alexnet_tf.data import augment, stats
 
 
 def _numbered_image(height: int, width: int) -> np.ndarray:

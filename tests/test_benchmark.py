@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_tf import prepare
+from alexnet_tf.data import prepare
 from alexnet_tf import weights as weights_lib
 from alexnet_tf.model import build_alexnet
 from alexnet_tf.optimizer import PaperSGD

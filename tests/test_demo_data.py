@@ -1,4 +1,4 @@
-"""Tests of alexnet_tf.demo_data: layout, determinism, decodability and learnability of the demo data set."""
+"""Tests of alexnet_tf.data.demo: layout, determinism, decodability and learnability of the demo data set."""
 
 import os
 import sys
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_tf import demo_data
+from alexnet_tf.data import demo
 
 SMALL = dict(num_classes=3, train_per_class=4, val_per_class=2, size=32, seed=1)
 
@@ -25,7 +25,7 @@ def _files(root):
 
 def test_layout_counts_and_names(tmp_path):
     root = tmp_path / "demo"
-    demo_data.generate(str(root), **SMALL)
+    demo.generate(str(root), **SMALL)
     wnids = ["n90000000", "n90000001", "n90000002"]
     assert sorted(os.listdir(root)) == ["synset_words.txt", "train", "val"]
     for split, count in [("train", 4), ("val", 2)]:
@@ -41,7 +41,7 @@ def test_layout_counts_and_names(tmp_path):
 
 
 def test_images_are_rgb_jpegs_of_the_requested_size(tmp_path):
-    demo_data.generate(str(tmp_path / "demo"), **SMALL)
+    demo.generate(str(tmp_path / "demo"), **SMALL)
     paths = [p for p in _files(tmp_path / "demo") if p.endswith(".JPEG")]
     assert len(paths) == 3 * (4 + 2)
     for path in paths:
@@ -50,9 +50,9 @@ def test_images_are_rgb_jpegs_of_the_requested_size(tmp_path):
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
-    demo_data.generate(str(tmp_path / "a"), **SMALL)
-    demo_data.generate(str(tmp_path / "b"), **SMALL)
-    demo_data.generate(str(tmp_path / "c"), **{**SMALL, "seed": 2})
+    demo.generate(str(tmp_path / "a"), **SMALL)
+    demo.generate(str(tmp_path / "b"), **SMALL)
+    demo.generate(str(tmp_path / "c"), **{**SMALL, "seed": 2})
     first, second, other = (_files(tmp_path / name) for name in "abc")
     assert first == second
     assert first.keys() == other.keys()
@@ -60,8 +60,8 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
 
 
 def test_every_class_draws_varied_images_in_range():
-    for class_index in range(len(demo_data.CLASS_NAMES)):
-        images = [demo_data.draw(class_index, np.random.default_rng([7, i]), 40) for i in range(2)]
+    for class_index in range(len(demo.CLASS_NAMES)):
+        images = [demo.draw(class_index, np.random.default_rng([7, i]), 40) for i in range(2)]
         assert images[0].shape == (40, 40, 3) and images[0].dtype == np.uint8
         assert not np.array_equal(images[0], images[1])
         assert images[0].std() > 10  # Not a flat image: there is a pattern, not only noise.
@@ -71,9 +71,9 @@ def test_existing_non_empty_root_is_refused_but_empty_root_is_filled(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
     with pytest.raises(FileExistsError):
-        demo_data.generate(str(tmp_path / "full"), **SMALL)
+        demo.generate(str(tmp_path / "full"), **SMALL)
     (tmp_path / "empty").mkdir()
-    demo_data.generate(str(tmp_path / "empty"), **SMALL)
+    demo.generate(str(tmp_path / "empty"), **SMALL)
     assert (tmp_path / "empty" / "synset_words.txt").exists()
 
 
@@ -82,7 +82,7 @@ def test_existing_non_empty_root_is_refused_but_empty_root_is_filled(tmp_path):
 )
 def test_bad_arguments_are_refused(tmp_path, kwargs):
     with pytest.raises(ValueError):
-        demo_data.generate(str(tmp_path / "demo"), **{**SMALL, **kwargs})
+        demo.generate(str(tmp_path / "demo"), **{**SMALL, **kwargs})
 
 
 def _load(root, split):
@@ -119,7 +119,7 @@ def _nearest_class_mean_accuracy(train_features, train_labels, val_features, val
 
 def test_classes_differ_by_pattern_not_by_colour(tmp_path):
     root = tmp_path / "demo"
-    demo_data.generate(str(root), num_classes=10, train_per_class=40, val_per_class=20, size=48, seed=0)
+    demo.generate(str(root), num_classes=10, train_per_class=40, val_per_class=20, size=48, seed=0)
     train_images, train_labels = _load(root, "train")
     val_images, val_labels = _load(root, "val")
     # Chance is 0.1. A nearest-class-mean on the coarse spectrum (0.61 when written) separates many

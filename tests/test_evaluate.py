@@ -12,7 +12,8 @@ import tensorflow as tf
 from absl import app, flags
 from PIL import Image
 
-from alexnet_tf import evaluate, input_pipeline, loading
+from alexnet_tf import evaluate, loading
+from alexnet_tf.data import pipeline
 from alexnet_tf.model import build_alexnet
 from alexnet_tf.weights import load_npy_weights
 from tests import colour_classifier as cc
@@ -152,7 +153,7 @@ def test_ten_crops_are_the_corners_centre_and_mirrors_of_the_stored_image(tmp_pa
     image = np.stack([3 * x, 3 * y, np.zeros_like(x)], axis=-1).astype(np.uint8)
     os.makedirs(tmp_path / "val" / "n0")
     Image.fromarray(image).save(tmp_path / "val" / "n0" / "a.png")
-    dataset = input_pipeline.make_eval_dataset(str(tmp_path), 1, image_size=crop, ten_crop=True, mean="none",
+    dataset = pipeline.make_eval_dataset(str(tmp_path), 1, image_size=crop, ten_crop=True, mean="none",
                                                stored_size=size)
     crops = next(iter(dataset))[0].numpy()[0]
     corners = [(0, 0), (0, size - crop), (size - crop, 0), (size - crop, size - crop), ((size - crop) // 2,) * 2]

@@ -12,7 +12,8 @@ import tensorflow as tf
 from absl import app, flags
 from PIL import Image
 
-from alexnet_tf import export, input_pipeline, loading
+from alexnet_tf import export, loading
+from alexnet_tf.data import pipeline
 from alexnet_tf import flags as flags_lib
 from alexnet_tf.layers import OnDevice
 from alexnet_tf.model import build_alexnet
@@ -150,9 +151,9 @@ def test_serving_preprocesses_exactly_as_evaluation(parse, tmp_path):
     export.run(parse(f"--checkpoint={tmp_path / 'random.keras'}", *data, f"--export_dir={tmp_path / 'export'}"))
     served = tf.saved_model.load(str(tmp_path / "export"))
 
-    paths, _ = input_pipeline.list_ilsvrc(str(tmp_path / "raw"), input_pipeline.VALIDATION)
+    paths, _ = pipeline.list_ilsvrc(str(tmp_path / "raw"), pipeline.VALIDATION)
     answer = served.signatures["serving_default"](images=tf.constant([open(p, "rb").read() for p in paths]))
-    images, _ = next(iter(input_pipeline.make_eval_dataset(
+    images, _ = next(iter(pipeline.make_eval_dataset(
         str(tmp_path / "raw"), 8, image_size=cc.IMAGE_SIZE, mean="channel", mean_rgb=(123, 117, 104),
         channel_order="BGR")))
     predicted = served.signatures["predict_images"](images=images)
@@ -185,7 +186,7 @@ def test_bvlc_cfg_describes_caffes_network_and_preprocessing(parse, tmp_path):
     assert model.get_layer("conv1").output.shape[1:3] == (55, 55)  # VALID: no padding layer at 227.
     assert "conv1_pad" not in [layer.name for layer in model.layers]
     # Caffe's input: BGR minus the mean pixel (104, 117, 123), for any image size.
-    preprocess = input_pipeline.make_eval_transform(
+    preprocess = pipeline.make_eval_transform(
         None, image_size=flag_values.image_size, mean=flag_values.mean, mean_rgb=flags_lib.mean_rgb(flag_values),
         channel_order=flag_values.channel_order, any_image=True)
     rgb = np.array([10, 200, 250], np.uint8)

@@ -1,4 +1,4 @@
-"""Tests for alexnet_tf/prepare.py and tools/prepare_imagenet.py, on data made here."""
+"""Tests for alexnet_tf/data/prepare.py and tools/prepare_imagenet.py, on data made here."""
 
 import io
 import json
@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from alexnet_tf import input_pipeline, prepare
+from alexnet_tf.data import pipeline, prepare
 from tests import imagenet_like
 
 STORED = 32
@@ -29,9 +29,9 @@ def _records(directory: str, split: str) -> list[tuple[int, str, bytes]]:
     rows = []
     for record in tf.data.TFRecordDataset(files).as_numpy_iterator():
         feature = tf.train.Example.FromString(record).features.feature
-        rows.append((feature[input_pipeline.LABEL_KEY].int64_list.value[0],
-                     feature[input_pipeline.FILENAME_KEY].bytes_list.value[0].decode(),
-                     feature[input_pipeline.ENCODED_KEY].bytes_list.value[0]))
+        rows.append((feature[pipeline.LABEL_KEY].int64_list.value[0],
+                     feature[pipeline.FILENAME_KEY].bytes_list.value[0].decode(),
+                     feature[pipeline.ENCODED_KEY].bytes_list.value[0]))
     return rows
 
 
@@ -87,13 +87,13 @@ def test_prepare_writes_shards_labels_info_and_skip_report(raw, tmp_path):
     assert info["stored_size"] == STORED and info["num_classes"] == 3
     assert info["splits"]["train"]["num_examples"] == 16 and info["splits"]["validation"]["num_examples"] == 6
     train = _records(str(tmp_path), "train")
-    paths, labels = input_pipeline.list_ilsvrc(root, "train")
+    paths, labels = pipeline.list_ilsvrc(root, "train")
     expected = {p: label for p, label in zip(paths, labels) if p != odd["truncated"]}
     assert {path: label for label, path, _ in train} == expected
     assert all(_decode(jpeg).shape == (STORED, STORED, 3) for _, _, jpeg in train)
     assert [label for label, _, _ in train] != sorted(label for label, _, _ in train)  # Classes are mixed.
     validation = _records(str(tmp_path), "validation")
-    assert [(label, path) for label, path, _ in validation] == list(zip(*input_pipeline.list_ilsvrc(
+    assert [(label, path) for label, path, _ in validation] == list(zip(*pipeline.list_ilsvrc(
         root, "validation")[::-1]))  # Validation keeps the sorted order.
 
 
@@ -119,7 +119,7 @@ def test_interrupted_preparation_resumes_without_redoing_finished_shards(raw, tm
     assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".tfrecord")) == [
         name[:-len(".json")] for name in done[1:]]
     with pytest.raises(FileNotFoundError, match="prepare_imagenet.py"):
-        input_pipeline.make_train_dataset(str(tmp_path), 2)
+        pipeline.make_train_dataset(str(tmp_path), 2)
     first_shard = (tmp_path / "train-00000-of-00004.tfrecord").stat().st_mtime_ns
 
     calls.clear()
@@ -148,13 +148,13 @@ def test_flat_val_folder_with_ground_truth_files(tmp_path):
                                        f"1 2 3 4\nILSVRC2012_val_00000001,{imagenet_like.WNIDS[2]} 5 6 7 8\n")
     (root / "devkit.txt").write_text("490\n361\n")
     for labels_file in ("one_per_line.txt", "solution.csv"):
-        paths, labels = input_pipeline.list_ilsvrc(str(root), "validation", val_labels=str(root / labels_file))
+        paths, labels = pipeline.list_ilsvrc(str(root), "validation", val_labels=str(root / labels_file))
         assert [os.path.basename(p) for p in paths] == ["ILSVRC2012_val_00000001.JPEG", "ILSVRC2012_val_00000002.JPEG"]
         assert labels == [2, 0]
     with pytest.raises(ValueError, match="not in wnid order"):
-        input_pipeline.list_ilsvrc(str(root), "validation", val_labels=str(root / "devkit.txt"))
+        pipeline.list_ilsvrc(str(root), "validation", val_labels=str(root / "devkit.txt"))
     with pytest.raises(ValueError, match="ground-truth"):
-        input_pipeline.list_ilsvrc(str(root), "validation")
+        pipeline.list_ilsvrc(str(root), "validation")
 
 
 def test_tfds_source(tmp_path):
@@ -163,7 +163,7 @@ def test_tfds_source(tmp_path):
     with tfds.testing.mock_data(num_examples=5):
         reports = prepare.prepare("tfds:imagenette", str(tmp_path), stored_size=STORED, images_per_shard=4)
     assert {split: r.num_examples for split, r in reports.items()} == {"train": 5, "validation": 5}
-    assert len(input_pipeline.read_labels(str(tmp_path))) == 10
+    assert len(pipeline.read_labels(str(tmp_path))) == 10
     assert all(_decode(jpeg).shape == (STORED, STORED, 3) for _, _, jpeg in _records(str(tmp_path), "train"))
 
 

@@ -1,4 +1,4 @@
-"""Tests for alexnet_tf/stats.py and tools/compute_stats.py."""
+"""Tests for alexnet_tf/data/stats.py and tools/compute_stats.py."""
 
 import os
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from alexnet_tf import prepare, stats
+from alexnet_tf.data import prepare, stats
 from tests import imagenet_like
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,7 +7,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from alexnet_tf import prepare
+from alexnet_tf.data import prepare
 
 STORED_SIZE = 72
 COLOURS = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (200, 200, 40)]

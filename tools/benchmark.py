@@ -5,7 +5,7 @@
   python tools/benchmark.py compare --batch_size=32   # needs requirements-bench.txt (torch)
 
 Subcommands:
-  pipeline  Training batches per second from `input_pipeline.make_train_dataset` (crop, flip, PCA noise, mean
+  pipeline  Training batches per second from `pipeline.make_train_dataset` (crop, flip, PCA noise, mean
             subtraction, batching) on a prepared data set, with the process pinned to --threads cores and
             tf.data given a private pool of --threads threads. With --raw_dir, a naive pipeline (decode the
             full JPEG, rescale, random crop, flip) over the photos in that folder is measured in the same run,
@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from alexnet_tf import input_pipeline  # noqa: E402
+from alexnet_tf.data import pipeline  # noqa: E402
 from alexnet_tf import model as model_lib  # noqa: E402
 from alexnet_tf.layers import unwrap  # noqa: E402
 from alexnet_tf.metrics import TopKError  # noqa: E402
@@ -53,7 +53,7 @@ _THREADS = flags.DEFINE_integer("threads", 1, "CPU cores to pin to and tf.data t
                                 upper_bound=len(os.sched_getaffinity(0)))
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Images per batch (128 in the paper, Section 5).",
                                    lower_bound=1)
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", input_pipeline.IMAGENET_CROP_SIZE, "Training crop side.",
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", pipeline.IMAGENET_CROP_SIZE, "Training crop side.",
                                    lower_bound=1)
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 40, "Batches timed per repeat.", lower_bound=1)
 _WARMUP_BATCHES = flags.DEFINE_integer("warmup_batches", 5, "Batches drawn before timing (autotuning, buffers).",
@@ -103,15 +103,15 @@ flags.register_validator("raw_dir", lambda v: v is None or os.path.isdir(v), mes
 def naive_train_dataset(raw_dir: str, batch_size: int, image_size: int, threads: int) -> tf.data.Dataset:
     """The naive baseline: decode the whole photo, rescale its shorter side to 256, random crop, flip, batch."""
     paths = sorted(os.path.join(d, f) for d, _, files in os.walk(raw_dir) for f in files
-                   if f.lower().endswith(input_pipeline.IMAGE_EXTENSIONS))
+                   if f.lower().endswith(pipeline.IMAGE_EXTENSIONS))
     if not paths:
         raise ValueError(f"--raw_dir={raw_dir}: no images")
 
     def transform(path: tf.Tensor) -> tf.Tensor:
         image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
         shape = tf.cast(tf.shape(image)[:2], tf.float32)
-        new_shape = tf.cast(tf.round(shape * input_pipeline.IMAGENET_STORED_SIZE / tf.reduce_min(shape)), tf.int32)
-        image = tf.image.resize(image, tf.maximum(new_shape, input_pipeline.IMAGENET_STORED_SIZE))
+        new_shape = tf.cast(tf.round(shape * pipeline.IMAGENET_STORED_SIZE / tf.reduce_min(shape)), tf.int32)
+        image = tf.image.resize(image, tf.maximum(new_shape, pipeline.IMAGENET_STORED_SIZE))
         return tf.image.random_flip_left_right(tf.image.random_crop(image, [image_size, image_size, 3]))
 
     dataset = tf.data.Dataset.from_tensor_slices(paths).shuffle(len(paths)).repeat()
@@ -146,7 +146,7 @@ def run_pipeline() -> dict:
     threads, batch_size = _THREADS.value, _BATCH_SIZE.value
     # Pinning makes images_per_sec_per_thread a per-core figure even when tf.data spawns helper threads.
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])
-    datasets = {"images_per_sec": input_pipeline.make_train_dataset(
+    datasets = {"images_per_sec": pipeline.make_train_dataset(
         _DATA_DIR.value, batch_size, image_size=_IMAGE_SIZE.value, threads=threads).repeat()}
     if _RAW_DIR.value:
         datasets["naive_images_per_sec"] = naive_train_dataset(_RAW_DIR.value, batch_size, _IMAGE_SIZE.value,

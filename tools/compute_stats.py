@@ -4,7 +4,7 @@
 
 Reads the stored images of the training split (all of them, or the first --max_images: prepared training shards
 are in shuffled order, so that is a random sample; an ILSVRC folder lists images class by class) and writes
-the .npz that the input pipeline picks up from DST/stats.npz by default. Units: see alexnet_tf/stats.py.
+the .npz that the input pipeline picks up from DST/stats.npz by default. Units: see alexnet_tf/data/stats.py.
 """
 
 import os
@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
 
-from alexnet_tf import input_pipeline, stats  # noqa: E402
+from alexnet_tf.data import pipeline, stats  # noqa: E402
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Prepared data set, ILSVRC folder or tfds:NAME.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, f"Stats file to write; default DATA_DIR/{stats.STATS_FILENAME}.")
@@ -25,18 +25,18 @@ _STORED_SIZE = flags.DEFINE_integer("stored_size", None, "For unprepared sources
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Images decoded per step.", lower_bound=1)
 
 flags.register_validator(
-    "data_dir", lambda v: v is None or v.startswith(input_pipeline.TFDS_PREFIX) or os.path.isdir(v),
+    "data_dir", lambda v: v is None or v.startswith(pipeline.TFDS_PREFIX) or os.path.isdir(v),
     message="--data_dir must be an existing folder or tfds:NAME")
 
 
 def stored_image_batches(data_dir: str, batch_size: int, max_images: int, stored_size: int | None):
     """Batches of whole stored training images, float32 [B, S, S, 3], 0-255, RGB, nothing subtracted."""
-    if stored_size is None and not data_dir.startswith(input_pipeline.TFDS_PREFIX) and os.path.isfile(
-            os.path.join(data_dir, input_pipeline.DATASET_INFO_FILENAME)):
-        stored_size = int(input_pipeline.read_dataset_info(data_dir)["stored_size"])
-    stored_size = stored_size or input_pipeline.IMAGENET_STORED_SIZE
+    if stored_size is None and not data_dir.startswith(pipeline.TFDS_PREFIX) and os.path.isfile(
+            os.path.join(data_dir, pipeline.DATASET_INFO_FILENAME)):
+        stored_size = int(pipeline.read_dataset_info(data_dir)["stored_size"])
+    stored_size = stored_size or pipeline.IMAGENET_STORED_SIZE
     # The centre crop of the stored size is the whole stored image.
-    dataset = input_pipeline.make_eval_dataset(data_dir, batch_size, split=input_pipeline.TRAIN,
+    dataset = pipeline.make_eval_dataset(data_dir, batch_size, split=pipeline.TRAIN,
                                                image_size=stored_size, stored_size=stored_size, mean="none")
     images = dataset.map(lambda images, labels: images)
     if max_images:

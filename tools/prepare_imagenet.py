@@ -16,12 +16,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
 
-from alexnet_tf import input_pipeline, prepare  # noqa: E402
+from alexnet_tf.data import pipeline, prepare  # noqa: E402
 
 _INPUT_DIR = flags.DEFINE_string("input_dir", None, "ILSVRC-layout folder (train/, val/) or tfds:NAME.",
                                  required=True)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder to write the prepared data set to.", required=True)
-_STORED_SIZE = flags.DEFINE_integer("stored_size", input_pipeline.IMAGENET_STORED_SIZE,
+_STORED_SIZE = flags.DEFINE_integer("stored_size", pipeline.IMAGENET_STORED_SIZE,
                                     "Side in pixels of the stored square images (256 in the paper).",
                                     lower_bound=8)
 _JPEG_QUALITY = flags.DEFINE_integer("jpeg_quality", prepare.DEFAULT_JPEG_QUALITY,
@@ -39,7 +39,7 @@ _NAMES_FILE = flags.DEFINE_string("names_file", None,
 _SEED = flags.DEFINE_integer("seed", prepare.DEFAULT_SHUFFLE_SEED, "Seed of the training shard order.")
 
 flags.register_validator(
-    "input_dir", lambda v: v is None or v.startswith(input_pipeline.TFDS_PREFIX) or os.path.isdir(v),
+    "input_dir", lambda v: v is None or v.startswith(pipeline.TFDS_PREFIX) or os.path.isdir(v),
     message="--input_dir must be an existing folder or tfds:NAME")
 for _name in ("val_labels", "names_file"):
     flags.register_validator(_name, lambda v: v is None or os.path.isfile(v), message=f"--{_name}: no such file")

@@ -7,7 +7,7 @@ Any input Pillow reads comes through as 3-channel RGB: grayscale and CMYK JPEGs,
 smaller than `stored_size` (upscaled, as the paper's rescaling implies). EXIF orientation is ignored, as TF's
 decoders ignore it. A file that cannot be decoded is logged with its path, skipped and listed at the end.
 
-Layout of `output_dir` (see input_pipeline.py for the reader):
+Layout of `output_dir` (see pipeline.py for the reader):
   <split>-NNNNN-of-NNNNN.tfrecord  tf.train.Examples: image/encoded (JPEG), image/class/label (int64, 0-based),
                                    image/filename; training examples in a fixed pseudo-random order, so every
                                    shard mixes classes; validation examples in sorted path order.
@@ -37,7 +37,7 @@ import tqdm
 from absl import logging
 from PIL import Image
 
-from alexnet_tf import input_pipeline
+from alexnet_tf.data import pipeline
 
 DEFAULT_JPEG_QUALITY = 95
 DEFAULT_IMAGES_PER_SHARD = 1024
@@ -87,9 +87,9 @@ def encode_stored_image(data: bytes, stored_size: int, jpeg_quality: int = DEFAU
 
 def _tf_example(jpeg: bytes, label: int, path: str) -> bytes:
     feature = {
-        input_pipeline.ENCODED_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])),
-        input_pipeline.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-        input_pipeline.FILENAME_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[path.encode()])),
+        pipeline.ENCODED_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])),
+        pipeline.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+        pipeline.FILENAME_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[path.encode()])),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
@@ -154,7 +154,7 @@ def write_split(examples: Iterator[Example], num_examples: int, output_dir: str,
     try:
         for index in range(num_shards):
             shard = list(itertools.islice(examples, images_per_shard))
-            name = input_pipeline.shard_filename(split, index, num_shards)
+            name = pipeline.shard_filename(split, index, num_shards)
             summary_path = os.path.join(output_dir, PROGRESS_DIR, name + ".json")
             if os.path.isfile(summary_path):
                 with open(summary_path) as f:
@@ -176,31 +176,31 @@ def write_split(examples: Iterator[Example], num_examples: int, output_dir: str,
 
 
 def _ilsvrc_examples(input_dir: str, split: str, val_labels: str | None, seed: int) -> tuple[list[Example], int]:
-    paths, labels = input_pipeline.list_ilsvrc(input_dir, split, val_labels=val_labels)
+    paths, labels = pipeline.list_ilsvrc(input_dir, split, val_labels=val_labels)
     examples = [Example(path, label) for path, label in zip(paths, labels)]
-    if split == input_pipeline.TRAIN:  # Mixes classes within every shard; fixed seed, so resuming is exact.
+    if split == pipeline.TRAIN:  # Mixes classes within every shard; fixed seed, so resuming is exact.
         random.Random(seed).shuffle(examples)
     return examples, len(examples)
 
 
 def _tfds_examples(input_dir: str, split: str) -> tuple[Iterator[Example], int]:
-    dataset = input_pipeline.tfds_encoded(input_dir, split)
+    dataset = pipeline.tfds_encoded(input_dir, split)
     count = int(dataset.cardinality())
     if count < 0:
         count = sum(1 for _ in dataset)
-    name = input_dir[len(input_pipeline.TFDS_PREFIX):]
+    name = input_dir[len(pipeline.TFDS_PREFIX):]
     examples = (Example(f"{name}/{split}/{i}", int(label), bytes(data))
                 for i, (data, label) in enumerate(dataset.as_numpy_iterator()))
     return examples, count
 
 
 def _available_splits(input_dir: str) -> list[str]:
-    if input_dir.startswith(input_pipeline.TFDS_PREFIX):
+    if input_dir.startswith(pipeline.TFDS_PREFIX):
         import tensorflow_datasets as tfds  # Slow to import; only this source needs it.
-        names = set(tfds.builder(input_dir[len(input_pipeline.TFDS_PREFIX):]).info.splits.keys())
+        names = set(tfds.builder(input_dir[len(pipeline.TFDS_PREFIX):]).info.splits.keys())
         # A mocked or not yet generated builder lists no splits: try both and let TFDS report the error.
-        return [s for s in (input_pipeline.TRAIN, input_pipeline.VALIDATION) if not names or s in names]
-    return [split for split, folder in input_pipeline.ILSVRC_SPLIT_DIRS.items()
+        return [s for s in (pipeline.TRAIN, pipeline.VALIDATION) if not names or s in names]
+    return [split for split, folder in pipeline.ILSVRC_SPLIT_DIRS.items()
             if os.path.isdir(os.path.join(input_dir, folder))]
 
 
@@ -217,14 +217,14 @@ def _check_settings(output_dir: str, settings: dict) -> None:
         _write_json(path, settings)
 
 
-def prepare(input_dir: str, output_dir: str, *, stored_size: int = input_pipeline.IMAGENET_STORED_SIZE,
+def prepare(input_dir: str, output_dir: str, *, stored_size: int = pipeline.IMAGENET_STORED_SIZE,
             jpeg_quality: int = DEFAULT_JPEG_QUALITY, images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
             num_threads: int | None = None, val_labels: str | None = None, names_file: str | None = None,
             seed: int = DEFAULT_SHUFFLE_SEED) -> dict[str, SplitReport]:
     """Prepares `input_dir` (ILSVRC folder or `tfds:NAME`) into `output_dir`; resumable. Returns per-split reports.
 
-    `val_labels` labels a flat ILSVRC val/ folder (see input_pipeline.read_val_labels); `names_file` gives
-    human-readable class names (see input_pipeline.read_names_file); `seed` fixes the training shard order.
+    `val_labels` labels a flat ILSVRC val/ folder (see pipeline.read_val_labels); `names_file` gives
+    human-readable class names (see pipeline.read_names_file); `seed` fixes the training shard order.
     """
     splits = _available_splits(input_dir)
     if not splits:
@@ -234,12 +234,12 @@ def prepare(input_dir: str, output_dir: str, *, stored_size: int = input_pipelin
                 "stored_size": stored_size, "jpeg_quality": jpeg_quality, "images_per_shard": images_per_shard,
                 "seed": seed, "val_labels": val_labels}
     _check_settings(output_dir, settings)
-    labels = input_pipeline.read_labels(input_dir, names_file=names_file)
-    with open(os.path.join(output_dir, input_pipeline.LABELS_FILENAME), "w") as f:
+    labels = pipeline.read_labels(input_dir, names_file=names_file)
+    with open(os.path.join(output_dir, pipeline.LABELS_FILENAME), "w") as f:
         f.writelines(f"{i}\t{wnid}\t{name}\n" for i, (wnid, name) in enumerate(labels))
     reports = {}
     for split in splits:
-        if input_dir.startswith(input_pipeline.TFDS_PREFIX):
+        if input_dir.startswith(pipeline.TFDS_PREFIX):
             examples, count = _tfds_examples(input_dir, split)
         else:
             examples, count = _ilsvrc_examples(input_dir, split, val_labels, seed)
@@ -251,5 +251,5 @@ def prepare(input_dir: str, output_dir: str, *, stored_size: int = input_pipelin
                             "\n  ".join(reports[split].skipped))
     info = {"stored_size": stored_size, "num_classes": len(labels), "jpeg_quality": jpeg_quality,
             "splits": {split: dataclasses.asdict(report) for split, report in reports.items()}}
-    _write_json(os.path.join(output_dir, input_pipeline.DATASET_INFO_FILENAME), info)
+    _write_json(os.path.join(output_dir, pipeline.DATASET_INFO_FILENAME), info)
     return reports

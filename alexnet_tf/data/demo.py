@@ -4,7 +4,7 @@
     root/val/<wnid>/<wnid>_<i>.JPEG
     root/synset_words.txt                 one `wnid name` line per class, like ILSVRC's
 
-so that the demo is prepared by the same tools as ImageNet (`alexnet_tf.prepare`). The wnids are fake
+so that the demo is prepared by the same tools as ImageNet (`alexnet_tf.data.prepare`). The wnids are fake
 ImageNet-style ids n90000000, n90000001, ... (class i is `n9000000i` for i < 10), sorted in class order.
 
 Each class is a kind of pattern (gratings at three orientations, checkerboards, rings, blobs, edges, dots,

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import augment, stats as stats_lib
+from alexnet_tf.data import augment, stats as stats_lib
 
 TRAIN = "train"
 VALIDATION = "validation"
