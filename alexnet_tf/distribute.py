@@ -19,7 +19,7 @@ from alexnet_tf import multi_worker
 
 
 def make_strategy(name: str, cluster_timeout: float = multi_worker.DEFAULT_TIMEOUT_SECONDS) -> tf.distribute.Strategy:
-    """The strategy called `name` (one of alexnet_tf.flags.STRATEGIES).
+    """The strategy called `name` (one of alexnet_tf.train.STRATEGIES).
 
     `cluster_timeout`: for multi_worker, the seconds to wait for the workers of TF_CONFIG to join and for any
     collective operation to complete (see `alexnet_tf.multi_worker.strategy`).

@@ -18,29 +18,42 @@ The numbers are printed and written as JSON beside the first model: `<model>.eva
 `_ten_crop` and `_ensembleN` before `.json` for those protocols (so runs of each protocol keep their
 own file), or in --model_dir instead for a `.npy` file when --model_dir is given.
 
-The binary has the shape of train.py: flags (alexnet_tf/flags.py), `run(flags, datasets_override)`,
-which tests call in-process with tiny datasets, and `main`.
+The binary has the shape of train.py: `define_flags`, `run(flags, datasets_override)`, which tests call
+in-process with tiny data sets, and `main`.
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import os
-import sys
-from typing import Any, Callable, Sequence
+from alexnet_tf import quiet
 
-import keras
-import tensorflow as tf
-from absl import app, flags
+quiet.import_tensorflow()  # Before anything imports TensorFlow: see alexnet_tf/quiet.py.
 
-from alexnet_tf import flags as flags_lib
-from alexnet_tf import loading
-from alexnet_tf.data import pipeline
-from alexnet_tf.metrics import TopKError
+import functools  # noqa: E402
+import posixpath  # noqa: E402
+import sys  # noqa: E402
+from typing import Any, Sequence  # noqa: E402
 
-FLAGS = flags.FLAGS
-TOP_K = (1, 5)  # Section 6: "top-1 and top-5 error rates".
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from alexnet_tf import cli, errors, loading  # noqa: E402
+from alexnet_tf import model as model_lib  # noqa: E402
+from alexnet_tf import model_dir as model_dir_lib  # noqa: E402
+from alexnet_tf.data import pipeline, records, sources  # noqa: E402
+from alexnet_tf.metrics import TOP_K, TopKError  # noqa: E402
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """This binary's flags."""
+    cli.define_model_flags(fv)
+    cli.define_data_flags(fv, training=False)
+    cli.define_model_file_flags(fv, ensemble=True)
+    cli.define_dtype_policy_flag(fv)
+    flags.DEFINE_boolean("ten_crop", False, "Average the softmax over ten crops (section 4.1).", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 128, "Images per evaluation step.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_string("model_dir", None, "Where the JSON of a .npy model's evaluation goes (default: beside it).",
+                        flag_values=fv)
 
 
 def evaluate(models: Sequence[keras.Model], dataset: tf.data.Dataset, num_examples: int | None = None,
@@ -70,15 +83,15 @@ def evaluate(models: Sequence[keras.Model], dataset: tf.data.Dataset, num_exampl
         num_images += int(tf.shape(labels)[0])
         progbar.update(num_images, [(m.name, float(m.result())) for m in metrics])
     if not num_images:
-        raise ValueError("the evaluation set holds no images")
+        raise errors.DataError("the evaluation set holds no images")
     return {"num_images": num_images, **{m.name: float(m.result()) for m in metrics}}
 
 
 def results_path(flags_obj: flags.FlagValues, paths: Sequence[str]) -> str:
     """Where the JSON goes (see the module docstring)."""
     base = paths[0]
-    if not base.endswith(loading.CHECKPOINT_SUFFIX) and flags_obj.model_dir:
-        base = os.path.join(flags_obj.model_dir, os.path.basename(base))
+    if not base.endswith(".keras") and flags_obj.model_dir:
+        base = model_dir_lib.join(flags_obj.model_dir, posixpath.basename(base))
     protocol = ("_ten_crop" if flags_obj.ten_crop else "") + (f"_ensemble{len(paths)}" if len(paths) > 1 else "")
     return f"{base}.eval{protocol}.json"
 
@@ -88,47 +101,43 @@ def run(flags_obj: flags.FlagValues, datasets_override: tf.data.Dataset | None =
 
     `datasets_override`: (images, labels) batches to evaluate instead of --data_dir's validation set.
     """
-    paths = loading.model_paths(flags_obj)
-    data_dir = flags_obj.data_dir
-    if datasets_override is None and data_dir is None:
-        raise app.UsageError("--data_dir is required (prepare one with: python tools/prepare_imagenet.py "
-                             "--input_dir=SRC --output_dir=DST)")
-    models = [loading.load_model(path, flags_obj) for path in paths]
-    image_size = _common(paths, models, loading.image_size, "image size")
-    num_classes = _common(paths, models, loading.num_classes, "number of classes")
+    data = cli.data_config(flags_obj)
+    if datasets_override is None and data.data_dir is None:
+        raise errors.ConfigError("--data_dir is required (prepare one with: python tools/prepare_imagenet.py "
+                                 "--input_dir=SRC --output_dir=DST)")
+    keras.mixed_precision.set_global_policy(flags_obj.dtype_policy)
+    loaded = cli.load_models(flags_obj)
+    paths, models = [path for path, _ in loaded], [model for _, model in loaded]
+    configs = [model_lib.model_config(model) for model in models]
+    image_size = _common(paths, [c.image_size for c in configs], "image size")
+    num_classes = _common(paths, [c.num_classes for c in configs], "number of classes")
     if datasets_override is None:
-        dataset_classes = pipeline.num_classes(data_dir)
-        if dataset_classes != num_classes:
-            raise app.UsageError(f"the model has {num_classes} classes, {data_dir} has {dataset_classes}")
-        dataset = pipeline.make_eval_dataset(
-            data_dir, flags_obj.batch_size, image_size=image_size, ten_crop=flags_obj.ten_crop, mean=flags_obj.mean,
-            stats_path=flags_obj.stats_path, channel_order=flags_obj.channel_order,
-            mean_rgb=flags_lib.mean_rgb(flags_obj))
-        num_examples = pipeline.num_examples(data_dir, pipeline.VALIDATION)
+        source = sources.open_source(data.data_dir)
+        if source.num_classes != num_classes:
+            raise errors.ConfigError(f"the model has {num_classes} classes, {data.data_dir} has {source.num_classes}")
+        dataset = pipeline.make_eval_dataset(data, flags_obj.batch_size, image_size, ten_crop=flags_obj.ten_crop)
+        num_examples = source.num_examples(records.VALIDATION)
     else:
         dataset, num_examples = datasets_override, None
     results = evaluate(models, dataset, num_examples, verbose=1 if sys.stdout.isatty() else 2)
-    results.update(models=paths, ten_crop=flags_obj.ten_crop, data_dir=data_dir, split=pipeline.VALIDATION,
-                   image_size=image_size, mean=flags_obj.mean, mean_rgb=flags_lib.mean_rgb(flags_obj),
-                   channel_order=flags_obj.channel_order)
+    results.update(models=paths, ten_crop=flags_obj.ten_crop, data_dir=data.data_dir, split=records.VALIDATION,
+                   image_size=image_size, mean=data.mean, mean_rgb=data.mean_rgb, channel_order=data.channel_order)
     path = results_path(flags_obj, paths)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2)
+    model_dir_lib.write_json(path, results)
     results["results_path"] = path
     return results
 
 
-def _common(paths: Sequence[str], models: Sequence[keras.Model], get: Callable[[keras.Model], int], what: str) -> int:
-    """The value of `get(model)` that every model shares; a UsageError naming them otherwise."""
-    values = {path: get(model) for path, model in zip(paths, models)}
-    if len(set(values.values())) > 1:
-        raise app.UsageError(f"the models differ in {what}: {values}")
-    return next(iter(values.values()))
+def _common(paths: Sequence[str], values: Sequence[int], what: str) -> int:
+    """The value every model shares; a ConfigError naming them otherwise."""
+    by_path = dict(zip(paths, values))
+    if len(set(values)) > 1:
+        raise errors.ConfigError(f"the models differ in {what}: {by_path}")
+    return values[0]
 
 
 def main(argv: list[str]) -> None:
-    results = flags_lib.run_or_exit("evaluate", run, argv)
+    results = cli.run_main("evaluate", lambda: run(flags.FLAGS), argv)
     crops = "ten crops" if results["ten_crop"] else "centre crop"
     models = f"{len(results['models'])} models" if len(results["models"]) > 1 else "1 model"
     print(f"top-1 error {results['top1_error']:.4f}, top-5 error {results['top5_error']:.4f} "
@@ -136,5 +145,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags_lib.define_flags()
+    define_flags()
     app.run(main)

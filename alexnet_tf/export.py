@@ -5,138 +5,48 @@
     python -m alexnet_tf.export --flagfile=flags/bvlc.cfg --data_dir=/data/imagenet \
         --pretrained=bvlc_alexnet.npy --export_dir=/models/bvlc_alexnet/1
 
-The SavedModel holds only TensorFlow ops: `tf.saved_model.load` and TensorFlow Serving read it
-without this package. It is written with Keras 3's `keras.export.ExportArchive` (not
-`tf.saved_model.save` on the Keras model, keras issue 19458) and has two signatures:
-
-- `serving_default`: `images`, tf.string [N], encoded images (JPEG or PNG; GIF, BMP and WebP
-  decode as well) of any size -> `classes` int64 [N, 5], `scores` float32 [N, 5] (softmax
-  probabilities, descending) and `labels` tf.string [N, 5] (class names). Each image is decoded
-  with 3 channels, its shorter side rescaled to the stored size (the data set's, 256 for
-  ImageNet, section 2) and centre-cropped, as evaluation does (`pipeline.make_eval_transform`):
-  same crop, same mean (--mean, --mean_rgb, --stats_path or DATA_DIR/stats.npz), same channel
-  order. An image that does not decode (empty, truncated, not an image) fails the whole request
-  with TensorFlow's InvalidArgumentError naming the problem ("Input is empty", "Invalid PNG data",
-  "Invalid JPEG data or crop window", "Unknown image file format"): never a made-up answer.
-- `predict_images`: `images`, float32 [N, S, S, 3], already preprocessed as the model was trained
-  (S = the model's image size) -> `logits` and `probabilities`, float32 [N, num_classes]. Another
-  size fails with InvalidArgumentError, even from a caller that bypasses the signature's shape.
-
-Class names come from the data set (DATA_DIR/labels.txt for a prepared one); without --data_dir
-they are the class indices as strings. With fewer than 5 classes, the top-k outputs have
-num_classes columns. A two-tower model is exported unplaced (placement matters only on GPUs).
-
-Trying it on a real JPEG with a narrow random network, from the repository root (the answer is arbitrary;
-the plumbing is the point):
-
-    python -c "from alexnet_tf.model import build_alexnet; from alexnet_tf.weights import save_npy_weights; \
-        save_npy_weights(build_alexnet(1000, towers=1, image_size=67, width=0.125, init='he', seed=0), \
-        '/tmp/narrow.npy')"
-    python -m alexnet_tf.export --towers=1 --width=0.125 --image_size=67 --pretrained=/tmp/narrow.npy \
-        --export_dir=/tmp/alexnet_export
-    saved_model_cli show --dir /tmp/alexnet_export --all
-    python -c "import sys, numpy as np; np.save(sys.argv[1], np.array([open(p, 'rb').read() for p in sys.argv[2:]], \
-        dtype=object))" /tmp/request.npy ../shared/imagenet-sample-100/n01440764_tench.JPEG
-    saved_model_cli run --dir /tmp/alexnet_export --tag_set serve --signature_def serving_default \
-        --inputs images=/tmp/request.npy
+What the SavedModel holds and how to query it: `alexnet_tf.serving`. The data flags (--mean, --mean_rgb,
+--stats_path, --channel_order) must be those the model was trained with; --data_dir gives the class names and
+the statistics.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from alexnet_tf import quiet
 
-import keras
-import tensorflow as tf
-from absl import app, flags
+quiet.import_tensorflow()  # Before anything imports TensorFlow: see alexnet_tf/quiet.py.
 
-from alexnet_tf import flags as flags_lib
-from alexnet_tf import loading
-from alexnet_tf.data import pipeline
+from typing import Any  # noqa: E402
 
-FLAGS = flags.FLAGS
-# Section 6: the top-5 error counts "the fraction of test images for which the correct label is not among
-# the five labels considered most probable by the model".
-TOP_K = 5
-SERVING_SIGNATURE = "serving_default"
-IMAGES_SIGNATURE = "predict_images"
+from absl import app, flags  # noqa: E402
+
+from alexnet_tf import cli, errors, serving  # noqa: E402
 
 
-def class_names(data_dir: str | None, num_classes: int) -> list[str]:
-    """The names the `labels` output gives: the data set's, else "0", "1", ..."""
-    if data_dir is None:
-        return [str(i) for i in range(num_classes)]
-    names = [name for _, name in pipeline.read_labels(data_dir)]
-    if len(names) != num_classes:
-        raise app.UsageError(f"the model has {num_classes} classes, {data_dir} names {len(names)}")
-    return names
-
-
-def make_archive(model: keras.Model, preprocess: Callable[[tf.Tensor], tf.Tensor],
-                 names: Sequence[str], top_k: int = TOP_K) -> keras.export.ExportArchive:
-    """An ExportArchive with the two signatures of the module docstring.
-
-    Args:
-        model: images [N, S, S, 3] -> logits [N, num_classes].
-        preprocess: fn(encoded image, tf.string scalar) -> float32 [S, S, 3], the model's input.
-        names: one name per class.
-        top_k: columns of the `serving_default` outputs (at most the number of classes).
-    """
-    size = loading.image_size(model)
-    k = min(top_k, len(names))
-    name_table = tf.constant(list(names), tf.string)
-
-    def predict_images(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        # A caller may bypass the signature's static shape (a flat call, a TF1 session feed); a wrong size
-        # must fail, not compute logits of a differently cropped image.
-        tf.debugging.assert_equal(tf.shape(images)[1:], tf.constant([size, size, 3]),
-                                  message=f"{IMAGES_SIGNATURE}: images must be float32 [N, {size}, {size}, 3]")
-        logits = tf.cast(model(images, training=False), tf.float32)
-        return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
-
-    def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        batch = tf.map_fn(preprocess, images, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
-        scores, classes = tf.math.top_k(predict_images(batch)["probabilities"], k)
-        return {"classes": tf.cast(classes, tf.int64), "scores": scores, "labels": tf.gather(name_table, classes)}
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(SERVING_SIGNATURE, serve, [tf.TensorSpec([None], tf.string, name="images")])
-    archive.add_endpoint(IMAGES_SIGNATURE, predict_images,
-                         [tf.TensorSpec([None, size, size, 3], tf.float32, name="images")])
-    return archive
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """This binary's flags."""
+    cli.define_model_flags(fv)
+    cli.define_data_flags(fv, training=False)
+    cli.define_model_file_flags(fv, ensemble=False)
+    flags.DEFINE_string("export_dir", None, "Where the SavedModel goes (any tf.io.gfile path).", flag_values=fv)
 
 
 def run(flags_obj: flags.FlagValues) -> dict[str, Any]:
     """Exports the model the flags name to --export_dir; returns what it wrote."""
     if not flags_obj.export_dir:
-        raise app.UsageError("--export_dir is required")
-    paths = loading.model_paths(flags_obj)
-    if len(paths) > 1:
-        raise app.UsageError("export writes one model: --ensemble is for evaluation")
-    results = export_model(loading.load_model(paths[0], flags_obj), flags_obj, flags_obj.export_dir)
-    return {**results, "model": paths[0]}
-
-
-def export_model(model: keras.Model, flags_obj: flags.FlagValues, export_dir: str) -> dict[str, Any]:
-    """Writes `model` with the serving preprocessing the data flags describe to `export_dir`."""
-    model = loading.unplaced(model)
-    names = class_names(flags_obj.data_dir, loading.num_classes(model))
-    preprocess = pipeline.make_eval_transform(
-        flags_obj.data_dir, image_size=loading.image_size(model), mean=flags_obj.mean,
-        stats_path=flags_obj.stats_path, channel_order=flags_obj.channel_order,
-        mean_rgb=flags_lib.mean_rgb(flags_obj), any_image=True)
-    make_archive(model, preprocess, names).write_out(export_dir, verbose=False)
-    return {"export_dir": export_dir, "signatures": [SERVING_SIGNATURE, IMAGES_SIGNATURE],
-            "image_size": loading.image_size(model), "num_classes": len(names)}
+        raise errors.ConfigError("--export_dir is required")
+    [(path, model)] = cli.load_models(flags_obj)
+    results = serving.export_model(model, cli.data_config(flags_obj), flags_obj.export_dir)
+    return {**results, "model": path}
 
 
 def main(argv: list[str]) -> None:
-    results = flags_lib.run_or_exit("export", run, argv)
+    results = cli.run_main("export", lambda: run(flags.FLAGS), argv)
     print(f"Exported {results['model']} ({results['num_classes']} classes, {results['image_size']} px) to "
           f"{results['export_dir']} with signatures {', '.join(results['signatures'])}.\n"
           f"Inspect it with: saved_model_cli show --dir {results['export_dir']} --all")
 
 
 if __name__ == "__main__":
-    flags_lib.define_flags()
+    define_flags()
     app.run(main)

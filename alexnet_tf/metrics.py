@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import keras
 
+# Section 6: "top-1 and top-5 error rates"; top-5 counts "the fraction of test images for which the correct
+# label is not among the five labels considered most probable by the model".
+TOP_K = (1, 5)
+
 
 @keras.saving.register_keras_serializable(package="alexnet_tf")
 def top_k_error(y_true, y_pred, k: int = 1):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any
 
 import keras
@@ -13,6 +14,18 @@ import tensorflow as tf
 LEARNING_RATE = 0.01
 MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """The arguments of `PaperSGD`, with the paper's values (section 5) as defaults."""
+
+    learning_rate: float = LEARNING_RATE
+    momentum: float = MOMENTUM
+    weight_decay: float = WEIGHT_DECAY
+
+    def build(self) -> "PaperSGD":
+        return PaperSGD(self.learning_rate, self.momentum, self.weight_decay)
 
 
 @keras.saving.register_keras_serializable(package="alexnet_tf")

@@ -1,33 +1,34 @@
-"""What stops a training run early, with one line saying why, before it overwrites anything it should keep.
+"""What keeps a training run from losing or mixing up what MODEL_DIR holds, each failure said in one line.
 
+- `RunLock`: one run at a time in a MODEL_DIR;
+- `RunRecord`: the run's configuration, recorded before anything can be resumed, and compared on resume;
+- `FallbackBackupAndRestore`: resumes from the previous backup when the latest cannot be read;
 - `StopOnNaN`: a diverged loss, or an epoch that trained on nothing;
-- `ModelVariantRecord`: a MODEL_DIR that holds a run of another model variant;
-- `corrupt_data_error`: a data file that TensorFlow found corrupt, named.
-Each raises (or returns) a `TrainingError`; the training binary prints its message and exits non-zero.
+- `corrupt_data_error`, `disk_error`: a corrupt data file, a full disk, named.
+Each raises (or returns) an `errors.TrainingError`; the binary prints its message and exits non-zero.
 """
 
 from __future__ import annotations
 
-import glob
+import datetime
+import errno
 import json
 import math
 import os
 import re
+import socket
 from typing import Any, Mapping
 
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
-MODEL_CONFIG_FILENAME = "model_config.json"
+from alexnet_tf import model_dir as model_dir_lib
+from alexnet_tf.errors import TrainingError
 
-
-class TrainingError(Exception):
-    """A run stopped by bad input or divergence; the message is one line for the user."""
-
-    exit_code = 1  # The binary's exit status.
-
-
+RUN_RECORD = "run.json"
+LOCK = "lock.json"
 class StopOnNaN(keras.callbacks.Callback):
     """Raises TrainingError at the first batch whose loss is not finite, before anything saves the model.
 
@@ -64,47 +65,193 @@ class StopOnNaN(keras.callbacks.Callback):
                                 "training diverged, and they were not saved; resume with a lower --learning_rate")
 
 
-class ModelVariantRecord(keras.callbacks.Callback):
-    """Keeps a run of one model variant from resuming another's MODEL_DIR.
+class RunLock:
+    """MODEL_DIR/lock.json, held by one run at a time: a second run on the same MODEL_DIR refuses to start.
 
-    `variant` holds the flags that shape the model and its optimizer state (flag name -> value). With the
-    run's first saved epoch, the chief records it in MODEL_DIR/model_config.json; `check` then refuses,
-    naming every flag that differs, to resume that MODEL_DIR (its backup and checkpoints) with other values.
-    Recorded at an epoch's end rather than at the start: a run that fails before saving anything leaves no
-    record to refuse a corrected command.
+    The lock names its holder (host, process id, start time). A lock left by a process that died (kill -9, a
+    crash) on this same host is taken over; one held by a live process, or by another host, is refused with
+    one line naming it (delete the file if that run is known to be gone). Local MODEL_DIRs are locked with an
+    exclusive create; on other file systems (gs://) tf.io.gfile has none, so two runs started within the same
+    moment could both pass.
     """
 
-    def __init__(self, model_dir: str, variant: Mapping[str, Any], is_chief: bool = True):
+    def __init__(self, model_dir: str):
+        self.path = model_dir_lib.join(model_dir, LOCK)
+        self.model_dir = model_dir
+        self._held = False
+
+    def acquire(self) -> None:
+        tf.io.gfile.makedirs(self.model_dir)
+        holder = {"host": socket.gethostname(), "pid": os.getpid(),
+                  "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        for _ in range(2):
+            if self._create(json.dumps(holder)):
+                self._held = True
+                return
+            other = model_dir_lib.read_json(self.path) or {}
+            if other.get("host") == holder["host"] and other.get("pid") == holder["pid"]:
+                self._held = True  # This process already holds it (a second run() in one process).
+                return
+            if not self._is_stale(other):
+                raise TrainingError(
+                    f"{self.model_dir} is in use by another run (process {other.get('pid')} on "
+                    f"{other.get('host')}, since {other.get('started')}): wait for it, stop it, or give another "
+                    f"--model_dir (delete {self.path} if that run is gone)")
+            logging.warning("Taking over %s from process %s, which is no longer running.", self.path,
+                            other.get("pid"))
+            tf.io.gfile.remove(self.path)
+        raise TrainingError(f"cannot take the lock {self.path}: another run took it at the same moment")
+
+    def release(self) -> None:
+        if self._held and tf.io.gfile.exists(self.path):
+            tf.io.gfile.remove(self.path)
+        self._held = False
+
+    def _create(self, text: str) -> bool:
+        """Writes the lock file unless it exists; False if it did."""
+        if "://" not in self.path:
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(descriptor, "w") as f:
+                f.write(text)
+            return True
+        if tf.io.gfile.exists(self.path):
+            return False
+        with tf.io.gfile.GFile(self.path, "w") as f:
+            f.write(text)
+        return True
+
+    @staticmethod
+    def _is_stale(holder: Mapping[str, Any]) -> bool:
+        """Whether the holder was a process of this host that no longer runs (an unreadable lock is stale)."""
+        if not holder:
+            return True
+        if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+            return False
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+
+class RunRecord(keras.callbacks.Callback):
+    """Keeps a run of one configuration from resuming another's MODEL_DIR, and says what a resume ignores.
+
+    `variant` holds what shapes the model's and the optimizer's variables: the architecture (the model's own
+    Keras config) and the settings that change its state; `settings` what a resume keeps from the first run
+    although the command may say otherwise (the initial learning rate: the schedule's saved state wins).
+    `check()`, before training, writes MODEL_DIR/run.json while MODEL_DIR holds nothing to resume (no backup, no
+    checkpoint), so that a record exists before anything can be resumed; once it does, it refuses a variant that
+    differs, naming every difference, and logs one line for each ignored setting.
+    """
+
+    def __init__(self, model_dir: str, variant: Mapping[str, Any], is_chief: bool = True,
+                 settings: Mapping[str, Any] | None = None):
         super().__init__()
-        self.path = os.path.join(model_dir, MODEL_CONFIG_FILENAME)
-        self.model_dir, self.variant, self.is_chief = model_dir, dict(variant), is_chief
+        self.path = model_dir_lib.join(model_dir, RUN_RECORD)
+        self.model_dir, self.is_chief = model_dir, is_chief
+        self.record = {"variant": _plain(variant), "settings": _plain(settings or {})}
 
     def check(self) -> None:
-        """Raises TrainingError if MODEL_DIR holds a record of another variant."""
-        if not tf.io.gfile.exists(self.path):
+        """Records the run, or compares it with the recorded one; raises TrainingError for another variant."""
+        resumable = any(tf.io.gfile.exists(model_dir_lib.join(self.model_dir, d))
+                        for d in (model_dir_lib.BACKUP, model_dir_lib.CHECKPOINTS))
+        recorded = model_dir_lib.read_json(self.path)
+        if not resumable or recorded is None:
+            if resumable:
+                raise TrainingError(f"{self.model_dir} holds a run without a readable {RUN_RECORD} (written by an "
+                                    "older alexnet_tf, or damaged): give a new --model_dir")
+            if self.is_chief:
+                model_dir_lib.write_json(self.path, self.record)
             return
-        with tf.io.gfile.GFile(self.path) as f:
-            recorded = json.load(f)
-        differences = [f"--{name}={_flag_text(self.variant.get(name))} (it has {_flag_text(recorded.get(name))})"
-                       for name in sorted(set(self.variant) | set(recorded))
-                       if self.variant.get(name) != recorded.get(name)]
+        ours, theirs = _flatten(self.record["variant"]), _flatten(recorded.get("variant", {}))
+        differences = [f"{name}={_text(ours.get(name))} (it has {_text(theirs.get(name))})"
+                       for name in sorted(set(ours) | set(theirs)) if ours.get(name) != theirs.get(name)]
         if differences:
             raise TrainingError(f"{self.model_dir} holds a run of another model variant: {'; '.join(differences)}. "
                                 "Resume it with its own flags, or give a new --model_dir")
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.is_chief and not tf.io.gfile.exists(self.path):
-            # Atomically (temporary file, then rename): other workers may be reading it.
-            with tf.io.gfile.GFile(self.path + ".tmp", "w") as f:
-                json.dump(self.variant, f, indent=1, sort_keys=True)
-            tf.io.gfile.rename(self.path + ".tmp", self.path, overwrite=True)
+        for name, value in self.record["settings"].items():
+            first = recorded.get("settings", {}).get(name)
+            if first is not None and first != value:
+                logging.warning("--%s=%s is ignored: this run resumes with its saved schedule, begun with %s=%s.",
+                                name, _text(value), name, _text(first))
 
 
-def _flag_text(value: Any) -> str:
+class FallbackBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore that resumes from the previous backup whenever the latest cannot be read.
+
+    Keras (3.15) falls back only when the latest weights raise OSError, and not at all for a damaged metadata
+    file or when both weight files are damaged: those end in tracebacks. Here each (weights, metadata) pair,
+    the latest then the previous (`.bkp`, kept by `double_checkpoint=True`), is tried whole; if none can be
+    read, the run stops with one line naming the backup folder.
+    """
+
+    def on_train_begin(self, logs=None):
+        pairs = [(self._weights_path, self._training_metadata_path),
+                 (self._prev_weights_path, self._prev_training_metadata_path)]
+        present = [pair for pair in pairs if any(tf.io.gfile.exists(p) for p in pair)]
+        for weights, metadata in present:
+            try:
+                epoch = self._read_epoch(metadata)
+                if tf.io.gfile.exists(weights):
+                    if self.model.optimizer is not None and not self.model.optimizer.built:
+                        self.model.optimizer.build(self.model.trainable_variables)
+                    self.model.load_weights(weights)
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                logging.warning("The backup %s cannot be read (%s); trying the previous one.", weights,
+                                str(error).splitlines()[0] if str(error) else type(error).__name__)
+                continue
+            self.model._initial_epoch = epoch
+            if weights != self._weights_path:  # The next save must not copy the damaged files over the good ones.
+                tf.io.gfile.copy(weights, self._weights_path, overwrite=True)
+                tf.io.gfile.copy(metadata, self._training_metadata_path, overwrite=True)
+            return
+        if present:
+            raise TrainingError(f"no backup in {self.backup_dir} can be read (the latest and the previous are "
+                                "damaged): delete that folder to start over, or give a new --model_dir")
+
+    @staticmethod
+    def _read_epoch(path: str) -> int:
+        with tf.io.gfile.GFile(path) as f:
+            epoch = json.loads(f.read())["epoch"]
+        if not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch {epoch!r} is not an epoch count")
+        return epoch
+
+
+def disk_error(model_dir: str, error: Exception) -> TrainingError | None:
+    """A TrainingError for a full disk (or quota) met while writing MODEL_DIR; None for any other error."""
+    text = str(error)
+    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text:
+        return TrainingError(f"no space left while writing {model_dir}: free some and run the same command again; "
+                             "everything up to the last finished epoch is kept")
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """`value` as JSON would give it back (tuples as lists), so a record compares equal to its reading."""
+    return json.loads(json.dumps(value))
+
+
+def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in record.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _text(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     return "(unset)" if value is None else str(value)
-
 
 def corrupt_data_error(data_dir: str | None, error: tf.errors.OpError) -> TrainingError:
     """A TrainingError for a DataLossError while reading `data_dir`, naming its corrupt TFRecord files.
@@ -112,7 +259,8 @@ def corrupt_data_error(data_dir: str | None, error: tf.errors.OpError) -> Traini
     TensorFlow's message gives only the offset of the bad record, so the files are read once more to find it
     (TFRecordDataset checks every record's CRC); this costs a pass over the data, but only after a failure.
     """
-    corrupt = [path for path in sorted(glob.glob(os.path.join(data_dir or "", "*.tfrecord"))) if _is_corrupt(path)]
+    shards = sorted(tf.io.gfile.glob(model_dir_lib.join(data_dir, "*.tfrecord"))) if data_dir else []
+    corrupt = [path for path in shards if _is_corrupt(path)]
     return TrainingError(f"unreadable data ({tf_error_line(error)}) in {', '.join(corrupt) or data_dir}: prepare "
                          "the data set again (python tools/prepare_imagenet.py)")
 

@@ -27,13 +27,28 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from alexnet_tf import errors
+
 LR_REDUCTION_FACTOR = 0.1  # Section 5: "divide the learning rate by 10".
 MAX_LR_REDUCTIONS = 3  # Section 5: "reduced three times prior to termination".
 # Not given in the paper. Three reductions within its ~90 epochs leave room for a few flat epochs each.
 DEFAULT_PATIENCE_EPOCHS = 5
+# Not given in the paper: a tenth of a point of top-1 error, below which a change is noise.
+DEFAULT_MIN_DELTA = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """The plateau schedule's settings (section 5: "divide the learning rate by 10 when the validation error
+    rate stopped improving", "reduced three times"); `min_delta` is in units of the top-1 error, [0, 1]."""
+
+    patience_epochs: int = DEFAULT_PATIENCE_EPOCHS
+    min_delta: float = DEFAULT_MIN_DELTA
+    max_reductions: int = MAX_LR_REDUCTIONS
 
 _FRESH_EPOCH = -1  # The `epoch` of a state recorded before any epoch has finished.
 _STATE_FORMAT_VERSION = 1
+_PREVIOUS_SUFFIX = ".bkp"  # As Keras' BackupAndRestore names its previous backup.
 
 
 @dataclasses.dataclass
@@ -81,7 +96,7 @@ class PlateauSchedule(keras.callbacks.Callback):
         monitor: str = "val_top1_error",
         factor: float = LR_REDUCTION_FACTOR,
         patience_epochs: int = DEFAULT_PATIENCE_EPOCHS,
-        min_delta: float = 0.0,
+        min_delta: float = DEFAULT_MIN_DELTA,
         max_reductions: int = MAX_LR_REDUCTIONS,
         state_path: str | None = None,
         is_chief: bool = True,
@@ -223,11 +238,20 @@ class PlateauSchedule(keras.callbacks.Callback):
         return PlateauState()
 
     def _read(self) -> dict[int, PlateauState]:
-        if not self.state_path or not tf.io.gfile.exists(self.state_path):
-            return {}
-        with tf.io.gfile.GFile(self.state_path, "r") as f:
-            content = json.load(f)
-        return {int(e): PlateauState(**s) for e, s in content["states"].items()}
+        """Every epoch's state from `state_path`, or from its previous version (`.bkp`) if that cannot be read."""
+        paths = [p for p in (self.state_path, f"{self.state_path}{_PREVIOUS_SUFFIX}")
+                 if p and tf.io.gfile.exists(p)]
+        for path in paths:
+            try:
+                with tf.io.gfile.GFile(path, "r") as f:
+                    content = json.loads(f.read())
+                return {int(e): PlateauState(**s) for e, s in content["states"].items()}
+            except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as error:
+                logging.warning("PlateauSchedule: %s cannot be read (%s: %s).", path, type(error).__name__, error)
+        if paths:
+            raise errors.TrainingError(f"the learning-rate schedule's state in {' and '.join(paths)} cannot be read: "
+                                       "delete the backup folder to start over, or give a new --model_dir")
+        return {}
 
     def _write(self) -> None:
         """Writes all epochs' states to `state_path` atomically (temporary file, then rename)."""
@@ -242,6 +266,8 @@ class PlateauSchedule(keras.callbacks.Callback):
         temporary = self.state_path + ".tmp"
         with tf.io.gfile.GFile(temporary, "w") as f:
             json.dump(content, f, indent=1)
+        if tf.io.gfile.exists(self.state_path):  # The previous version, which `_read` falls back to.
+            tf.io.gfile.copy(self.state_path, f"{self.state_path}{_PREVIOUS_SUFFIX}", overwrite=True)
         tf.io.gfile.rename(temporary, self.state_path, overwrite=True)
 
 

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable
+import time
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from PIL import Image
+
 from alexnet_tf import gabor
 from alexnet_tf import model as model_lib
+from alexnet_tf import model_dir as model_dir_lib
 
 # Figure 3 of the paper: 96 filters in 8 rows of 12, the first tower's 48 in the top 4 rows.
 PAPER_GRID_COLUMNS = 12
@@ -173,3 +177,60 @@ def _normalised(filter_: np.ndarray) -> np.ndarray:
     else:
         scaled = (filter_ - low) * (255.0 / (high - low))
     return np.broadcast_to(np.rint(scaled), filter_.shape[:2] + (3,)).astype(np.uint8)
+
+
+class Throughput(keras.callbacks.Callback):
+    """Logs training images per second of each epoch as `images_per_sec`."""
+
+    def __init__(self, batch_size: int):
+        super().__init__()
+        self.batch_size = batch_size
+        self.rates: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start, self._steps = time.perf_counter(), 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        rate = self._steps * self.batch_size / max(time.perf_counter() - self._start, 1e-9)
+        self.rates.append(rate)
+        if logs is not None:
+            logs["images_per_sec"] = rate
+
+
+def run_results(epochs: int, history: keras.callbacks.History, rates: Sequence[float], model_dir: str
+                ) -> dict[str, Any]:
+    """The numbers of results.json: the last epoch's errors and loss, the median throughput, where things are."""
+    last = {key: values[-1] for key, values in history.history.items() if values}
+    saved = model_dir_lib.checkpoints(model_dir_lib.join(model_dir, model_dir_lib.CHECKPOINTS))
+    return {
+        "epochs": epochs,
+        "val_top1_error": _number(last.get("val_top1_error")),
+        "val_top5_error": _number(last.get("val_top5_error")),
+        "train_top1_error": _number(last.get("top1_error")),
+        "train_loss": _number(last.get("loss")),
+        "learning_rate": _number(last.get("learning_rate")),
+        "train_images_per_sec": _number(float(np.median(rates)) if rates else None),
+        "checkpoint": saved[-1] if saved else None,
+        "tensorboard_logdir": model_dir_lib.join(model_dir, model_dir_lib.LOGS),
+    }
+
+
+def write_conv1_png(kernel: np.ndarray, path: str, scale: int = DEFAULT_SUMMARY_SCALE) -> str:
+    """The conv1 filters as one grid image (as TensorBoard shows them), saved as a PNG through tf.io.gfile."""
+    with tf.io.gfile.GFile(path, "wb") as f:
+        Image.fromarray(upscale(filter_grid(kernel), scale)).save(f, format="PNG")
+    return path
+
+
+def write_final_figures(model: keras.Model, model_dir: str) -> dict[str, Any]:
+    """The figures and conv1 measures of a trained model, for results.json."""
+    kernel = model_lib.conv1_kernel(model)
+    return {"conv1_png": write_conv1_png(kernel, model_dir_lib.join(model_dir, model_dir_lib.CONV1_PNG)),
+            "conv1_gabor_fraction": float(gabor.gabor_score(kernel))}
+
+
+def _number(value) -> float | None:
+    return None if value is None else float(value)

@@ -1,45 +1,154 @@
 """Trains AlexNet: `python -m alexnet_tf.train --flagfile=flags/paper.cfg`.
 
-The binary in three parts, as tensorflow/models' classifiers: the flags (alexnet_tf/flags.py),
-`run(flags, strategy_override=None, datasets_override=None)`, which tests call in-process with
-tiny datasets and strategies, and `main`.
+The binary in the shape of tensorflow/models' classifiers: `define_flags` (this binary's flags, and only
+these), `config_from_flags` (the flags become a typed `TrainConfig` once, here), `run(flags_obj,
+strategy_override=None, datasets_override=None)`, which tests call in-process with tiny data sets and
+strategies, and `main`. `build` makes every training object (model, optimizer, schedule, data sets,
+callbacks) without fitting, so a test can check that each setting reaches the object that uses it.
 
-MODEL_DIR receives:
-- checkpoints/epoch_NNN.keras: the model and optimizer after each epoch (the last
-  --keep_checkpoints kept), loadable with keras.models.load_model after `import alexnet_tf`;
-- backup/: Keras BackupAndRestore's state and plateau.json, the learning-rate schedule's, so
-  that the same command after a crash continues from the last finished epoch;
-- logs/: TensorBoard (train/, validation/, conv1/);
-- results.json: the final numbers.
+MODEL_DIR's layout is `alexnet_tf.model_dir`'s: epoch checkpoints loadable with keras.models.load_model after
+`import alexnet_tf`, a backup from which the same command continues after a crash, TensorBoard logs,
+conv1.png, the SavedModel and results.json.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import glob
-import json
-import os
-import sys
-import time
-from typing import Any
+from alexnet_tf import quiet
 
-import keras
-import numpy as np
-import tensorflow as tf
-from absl import app, flags, logging
-from PIL import Image
+quiet.import_tensorflow()  # Before anything imports TensorFlow: see alexnet_tf/quiet.py.
 
-from alexnet_tf import distribute, export, multi_worker, safeguards, summaries, model as model_lib
-from alexnet_tf.data import pipeline
-from alexnet_tf import flags as flags_lib
-from alexnet_tf import weights as weights_lib
-from alexnet_tf.metrics import TopKError
-from alexnet_tf.optimizer import PaperSGD
-from alexnet_tf.schedule import PlateauSchedule
+import dataclasses  # noqa: E402
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
 
-FLAGS = flags.FLAGS
-CHECKPOINT_PATTERN = "epoch_{epoch:03d}.keras"
-CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from alexnet_tf import cli, distribute, errors, loading, multi_worker, safeguards, serving, summaries  # noqa: E402
+from alexnet_tf import model as model_lib  # noqa: E402
+from alexnet_tf import model_dir as model_dir_lib  # noqa: E402
+from alexnet_tf import weights as weights_lib  # noqa: E402
+from alexnet_tf.data import demo, pipeline, records, sources  # noqa: E402
+from alexnet_tf.metrics import TOP_K, TopKError  # noqa: E402
+from alexnet_tf.model import AlexNetConfig  # noqa: E402
+from alexnet_tf.optimizer import OptimizerConfig  # noqa: E402
+from alexnet_tf.schedule import PlateauSchedule, ScheduleConfig  # noqa: E402
+
+STRATEGIES = ("one_device", "mirrored", "towers", "multi_worker")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs, from the flags (`config_from_flags`) or built by a test.
+
+    `model.num_classes` is the data set's when `classes_from_data` (no --num_classes given).
+    """
+
+    model: AlexNetConfig
+    data: pipeline.DataConfig
+    optimizer: OptimizerConfig
+    schedule: ScheduleConfig
+    model_dir: str
+    epochs: int = 90  # Section 5: "roughly 90 cycles through the training set".
+    batch_size: int = 128  # Section 5.
+    steps_per_epoch: int | None = None
+    strategy: str = "one_device"
+    tower_devices: tuple[str, str] = ("/GPU:0", "/GPU:1")
+    cluster_timeout: float = multi_worker.DEFAULT_TIMEOUT_SECONDS
+    dtype_policy: str = "float32"
+    xla: bool = False
+    seed: int | None = None
+    deterministic: bool = False
+    keep_checkpoints: int = 3
+    demo: bool = False
+    pretrained: str | None = None
+    freeze_conv: bool = False
+    export_dir: str | None = None
+    classes_from_data: bool = True
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """This binary's flags, with the defaults of the configs they fill (the paper's recipe)."""
+    cli.define_model_flags(fv)
+    cli.define_data_flags(fv, training=True)
+    cli.define_dtype_policy_flag(fv)
+    optimizer, schedule = OptimizerConfig(), ScheduleConfig()
+    flags.DEFINE_string("model_dir", None, "Where checkpoints, TensorBoard logs and results.json go (local, "
+                        "gs://, any tf.io.gfile path).", flag_values=fv)
+    flags.DEFINE_integer("epochs", TrainConfig.epochs, "Passes over the training set (section 5: roughly 90).",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("batch_size", TrainConfig.batch_size, "Global batch size, images (section 5).",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("steps_per_epoch", None, "Limit each epoch to this many steps (default: the whole set).",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_float("learning_rate", optimizer.learning_rate, "Initial learning rate (section 5).",
+                       lower_bound=1e-12, flag_values=fv)
+    flags.DEFINE_float("momentum", optimizer.momentum, "SGD momentum (section 5).", lower_bound=0.0,
+                       upper_bound=0.999999, flag_values=fv)
+    flags.DEFINE_float("weight_decay", optimizer.weight_decay,
+                       "Weight decay inside the gradient step, as the paper's update rule (section 5).",
+                       lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_integer("lr_patience_epochs", schedule.patience_epochs, "Epochs without improvement of the "
+                         "validation error before the learning rate is divided by 10 (section 5).",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_float("lr_min_delta", schedule.min_delta, "Smallest drop of the validation top-1 error that "
+                       "counts as improvement.", lower_bound=0.0, flag_values=fv)
+    flags.DEFINE_integer("lr_max_reductions", schedule.max_reductions, "At most this many divisions by 10 "
+                         "(section 5: three).", lower_bound=0, flag_values=fv)
+    flags.DEFINE_enum("strategy", TrainConfig.strategy, list(STRATEGIES),
+                      "one_device; mirrored (data parallel over local GPUs); towers (the paper's model "
+                      "parallelism on --tower_devices); multi_worker (TF_CONFIG).", flag_values=fv)
+    flags.DEFINE_list("tower_devices", list(TrainConfig.tower_devices), "The two devices of --strategy=towers.",
+                      flag_values=fv)
+    flags.register_validator("tower_devices", lambda v: len(v) == 2, "--tower_devices takes two devices",
+                             flag_values=fv)
+    flags.DEFINE_float("cluster_timeout", TrainConfig.cluster_timeout,
+                       "multi_worker: seconds to wait for every worker of TF_CONFIG to join, and for any collective "
+                       "operation; a worker silent for longer stops the others with an error.",
+                       lower_bound=1e-3, flag_values=fv)
+    flags.DEFINE_boolean("xla", False, "XLA-compile the train step (refused with --strategy=towers).",
+                         flag_values=fv)
+    flags.DEFINE_integer("seed", None, "Seeds initialization, shuffling and augmentation.", flag_values=fv)
+    flags.DEFINE_boolean("deterministic", False, "Op determinism and the --seed everywhere: two runs of the same "
+                         "command on the same machine end with identical weights.", flag_values=fv)
+    flags.register_multi_flags_validator(["deterministic", "seed"], lambda v: not v["deterministic"] or
+                                         v["seed"] is not None, "--deterministic needs --seed", flag_values=fv)
+    flags.DEFINE_integer("keep_checkpoints", TrainConfig.keep_checkpoints, "Epoch checkpoints kept in "
+                         "MODEL_DIR/checkpoints.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_boolean("demo", False, "Generate the offline demo data set in --data_dir if it is not there.",
+                         flag_values=fv)
+    flags.DEFINE_string("pretrained", None, "Start from a bvlc_alexnet-layout .npy file or a .keras "
+                        "checkpoint; fc8 is new when --num_classes differs.", flag_values=fv)
+    flags.DEFINE_boolean("freeze_conv", False, "With --pretrained, train only the fully connected layers.",
+                         flag_values=fv)
+    flags.DEFINE_string("export_dir", None, "Where the SavedModel goes; default MODEL_DIR/export.", flag_values=fv)
+
+
+def config_from_flags(fv: flags.FlagValues) -> TrainConfig:
+    """The flags as a TrainConfig; raises errors.ConfigError for settings that cannot work together."""
+    if fv.model_dir is None:
+        raise errors.ConfigError("--model_dir is required")
+    if fv.data_dir is None:
+        raise errors.ConfigError("--data_dir is required (prepare one with: python tools/prepare_imagenet.py "
+                                 "--input_dir=SRC --output_dir=DST)")
+    if fv.xla and fv.strategy == "towers":
+        raise errors.ConfigError("--xla: XLA ignores tf.device placement (tensorflow issue 124880), so it is "
+                                 "refused with --strategy=towers")
+    if fv.strategy == "towers" and fv.towers != 2:
+        raise errors.ConfigError("--strategy=towers needs --towers=2")
+    if fv.freeze_conv and not fv.pretrained:
+        raise errors.ConfigError("--freeze_conv needs --pretrained: frozen random convolutions learn nothing")
+    return TrainConfig(
+        model=cli.model_config(fv, seed=fv.seed),
+        data=cli.data_config(fv),
+        optimizer=OptimizerConfig(fv.learning_rate, fv.momentum, fv.weight_decay),
+        schedule=ScheduleConfig(fv.lr_patience_epochs, fv.lr_min_delta, fv.lr_max_reductions),
+        model_dir=fv.model_dir, epochs=fv.epochs, batch_size=fv.batch_size, steps_per_epoch=fv.steps_per_epoch,
+        strategy=fv.strategy, tower_devices=tuple(fv.tower_devices), cluster_timeout=fv.cluster_timeout,
+        dtype_policy=fv.dtype_policy, xla=fv.xla, seed=fv.seed, deterministic=fv.deterministic,
+        keep_checkpoints=fv.keep_checkpoints, demo=fv.demo, pretrained=fv.pretrained, freeze_conv=fv.freeze_conv,
+        export_dir=fv.export_dir, classes_from_data=fv.num_classes is None)
 
 
 @dataclasses.dataclass
@@ -53,299 +162,239 @@ class Datasets:
     validation_examples: int | None = None
 
 
-def create_datasets(flags_obj: flags.FlagValues, batch_size: int) -> Datasets:
-    """The training and validation sets of --data_dir; raises TrainingError if it cannot be read."""
-    try:
-        return _create_datasets(flags_obj, batch_size)
-    except json.JSONDecodeError as error:
-        raise safeguards.TrainingError(f"{flags_obj.data_dir}: {pipeline.DATASET_INFO_FILENAME} is not "
-                                       f"valid JSON ({error}): prepare the data set again") from None
-    except ValueError as error:  # input_pipeline's messages name the problem.
-        raise safeguards.TrainingError(str(error)) from None
+def create_datasets(config: TrainConfig) -> Datasets:
+    """The training set (random crops, flips, PCA noise: section 4.1) and the validation set (centre crops)."""
+    source = sources.open_source(config.data.data_dir)
+    image_size = config.model.image_size
+    train = pipeline.make_train_dataset(config.data, config.batch_size, image_size, seed=config.seed,
+                                        deterministic=config.deterministic)
+    validation = None
+    if source.has_split(records.VALIDATION):
+        validation = pipeline.make_eval_dataset(config.data, config.batch_size, image_size)
+    else:
+        logging.warning("%s has no validation split: the learning rate will not be scheduled.",
+                        config.data.data_dir)
+    return Datasets(train, validation, source.num_classes, source.num_examples(records.TRAIN),
+                    source.num_examples(records.VALIDATION) if validation is not None else None)
 
 
-def _create_datasets(flags_obj: flags.FlagValues, batch_size: int) -> Datasets:
-    data_dir = flags_obj.data_dir
-    common = dict(image_size=flags_obj.image_size, mean=flags_obj.mean, stats_path=flags_obj.stats_path,
-                  channel_order=flags_obj.channel_order, mean_rgb=flags_lib.mean_rgb(flags_obj))
-    train = pipeline.make_train_dataset(
-        data_dir, batch_size, seed=flags_obj.seed, deterministic=flags_obj.deterministic,
-        pca_noise=flags_obj.pca_noise, shuffle_buffer=flags_obj.shuffle_buffer, **common)
-    try:
-        validation = pipeline.make_eval_dataset(data_dir, batch_size, **common)
-    except FileNotFoundError:
-        logging.warning("%s has no validation split: the learning rate will not be scheduled.", data_dir)
-        validation = None
-    return Datasets(train, validation, pipeline.num_classes(data_dir),
-                    pipeline.num_examples(data_dir, pipeline.TRAIN),
-                    None if validation is None else pipeline.num_examples(data_dir, pipeline.VALIDATION))
-
-
-def create_model(flags_obj: flags.FlagValues, num_classes: int) -> keras.Model:
-    """The model the flags describe, with --pretrained weights and --freeze_conv applied."""
-    kwargs = flags_lib.model_kwargs(flags_obj, num_classes)
-    if flags_obj.strategy == "towers":
-        if flags_obj.towers != 2:
-            raise app.UsageError("--strategy=towers needs --towers=2")
-        kwargs["tower_devices"] = distribute.tower_devices(flags_obj.tower_devices)
-    model = model_lib.build_alexnet(**kwargs)
-    if flags_obj.pretrained:
-        load_pretrained(model, flags_obj.pretrained)
-    if flags_obj.freeze_conv:
-        for layer in model.layers:
-            if layer.name.rstrip("ab") in CONV_LAYERS:
-                layer.trainable = False
+def create_model(config: TrainConfig, model_config: AlexNetConfig) -> keras.Model:
+    """The model of `model_config`, placed on the tower devices with --strategy=towers, with --pretrained
+    weights and --freeze_conv applied."""
+    devices = distribute.tower_devices(config.tower_devices) if config.strategy == "towers" else None
+    model = model_lib.build_alexnet(config=model_config, tower_devices=devices)
+    if config.pretrained:
+        load_pretrained(model, config.pretrained)
+    if config.freeze_conv:
+        for layer in model_lib.conv_layers(model):
+            layer.trainable = False
     return model
 
 
 def load_pretrained(model: keras.Model, path: str) -> None:
-    """Every layer of a .npy (bvlc layout) or .keras file; fc8 only where its shape fits."""
-    if path.endswith(".keras"):
-        weights = weights_lib.npy_weights(keras.models.load_model(path, compile=False))
-    else:
-        weights = weights_lib.read_npy(path)
-    fc8 = model_lib.inner_layer(model, "fc8").kernel.shape
-    skip = () if tuple(weights["fc8"][0].shape) == tuple(fc8) else ("fc8",)
+    """Every layer of a .npy (bvlc layout) or .keras file into `model`; fc8 only where its shape fits."""
+    weights = weights_lib.npy_weights(loading.load_model(path)) if path.endswith(".keras") \
+        else weights_lib.read_npy(path)
+    fc8 = tuple(model_lib.inner_layer(model, "fc8").kernel.shape)
+    skip = () if tuple(weights["fc8"][0].shape) == fc8 else ("fc8",)
     if skip:
         logging.info("fc8 is new: %s classes instead of the file's %d.", fc8[-1], weights["fc8"][0].shape[-1])
     try:
         weights_lib.load_npy_weights(model, weights, skip=skip)
     except ValueError as error:  # It names the layer and both shapes.
-        raise safeguards.TrainingError(f"--pretrained={path} is another model variant: {error}") from None
+        raise errors.ModelFileError(f"--pretrained={path} is another model variant: {error}") from None
 
 
-def compile_model(model: keras.Model, flags_obj: flags.FlagValues) -> None:
-    optimizer = PaperSGD(flags_obj.learning_rate, flags_obj.momentum, flags_obj.weight_decay)
+def compile_model(model: keras.Model, config: TrainConfig) -> None:
+    """PaperSGD (section 5), softmax cross-entropy on the logits, top-1 and top-5 error (section 6)."""
     # With a mixed_float16 policy, Keras wraps the optimizer in a LossScaleOptimizer itself.
     model.compile(
-        optimizer=optimizer,
+        optimizer=config.optimizer.build(),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[TopKError(1), TopKError(5)],
-        jit_compile=flags_obj.xla,
+        metrics=[TopKError(k) for k in TOP_K],
+        jit_compile=config.xla,
     )
 
 
-class Throughput(keras.callbacks.Callback):
-    """Logs training images per second of each epoch as `images_per_sec`."""
-
-    def __init__(self, batch_size: int):
-        super().__init__()
-        self.batch_size = batch_size
-        self.rates: list[float] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start, self._steps = time.perf_counter(), 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._steps += 1
-
-    def on_epoch_end(self, epoch, logs=None):
-        rate = self._steps * self.batch_size / max(time.perf_counter() - self._start, 1e-9)
-        self.rates.append(rate)
-        if logs is not None:
-            logs["images_per_sec"] = rate
-
-
-class KeepLastCheckpoints(keras.callbacks.Callback):
-    """Deletes all but the newest `keep` epoch checkpoints after each epoch."""
-
-    def __init__(self, directory: str, keep: int):
-        super().__init__()
-        self.directory, self.keep = directory, keep
-
-    def on_epoch_end(self, epoch, logs=None):
-        for path in checkpoints(self.directory)[: -self.keep]:
-            os.remove(path)
-
-
-def checkpoints(directory: str) -> list[str]:
-    """Epoch checkpoints in `directory`, oldest first."""
-    return sorted(glob.glob(os.path.join(directory, "epoch_*.keras")))
-
-
-def create_callbacks(flags_obj: flags.FlagValues, model_dir: str, batch_size: int,
-                     chief: bool) -> tuple[list[keras.callbacks.Callback], Throughput]:
-    checkpoint_dir = os.path.join(model_dir, "checkpoints")
-    backup_dir = os.path.join(model_dir, "backup")
-    log_dir = os.path.join(model_dir, "logs")
-    throughput = Throughput(batch_size)
+def create_callbacks(config: TrainConfig, chief: bool, run_record: safeguards.RunRecord
+                     ) -> tuple[list[keras.callbacks.Callback], summaries.Throughput, PlateauSchedule]:
+    """The callbacks of `model.fit`, in the order that keeps MODEL_DIR consistent after a kill."""
+    join = model_dir_lib.join
+    backup_dir = join(config.model_dir, model_dir_lib.BACKUP)
+    log_dir = join(config.model_dir, model_dir_lib.LOGS)
+    throughput = summaries.Throughput(config.batch_size)
+    schedule = PlateauSchedule(
+        patience_epochs=config.schedule.patience_epochs, min_delta=config.schedule.min_delta,
+        max_reductions=config.schedule.max_reductions, state_path=join(backup_dir, "plateau.json"),
+        is_chief=chief)
     callbacks = [
         # First: a diverged epoch raises before any other callback saves it.
         safeguards.StopOnNaN(),
         throughput,
+        run_record,
         # Before BackupAndRestore: the schedule's state file is then never older than the backup.
-        PlateauSchedule(
-            patience_epochs=flags_obj.lr_patience_epochs, min_delta=flags_obj.lr_min_delta,
-            max_reductions=flags_obj.lr_max_reductions, state_path=os.path.join(backup_dir, "plateau.json"),
-            is_chief=chief),
-        # double_checkpoint: Keras writes the backup in place, so a kill during the write leaves a
-        # corrupt file; it then restores the previous epoch's backup instead. Other workers restore the
-        # chief's backup and never write it: a save frequency of sys.maxsize batches is never reached.
-        keras.callbacks.BackupAndRestore(backup_dir, save_freq="epoch" if chief else sys.maxsize,
-                                         double_checkpoint=True, delete_checkpoint=False),
+        schedule,
+        # double_checkpoint: Keras writes the backup in place, so a kill during the write leaves a corrupt
+        # file; it then restores the previous epoch's backup instead. Other workers restore the chief's backup
+        # and never write it: a save frequency of sys.maxsize batches is never reached.
+        safeguards.FallbackBackupAndRestore(backup_dir, save_freq="epoch" if chief else sys.maxsize,
+                                            double_checkpoint=True, delete_checkpoint=False),
     ]
     if chief:
-        os.makedirs(checkpoint_dir, exist_ok=True)
         callbacks += [
-            keras.callbacks.ModelCheckpoint(os.path.join(checkpoint_dir, CHECKPOINT_PATTERN)),
-            KeepLastCheckpoints(checkpoint_dir, flags_obj.keep_checkpoints),
+            model_dir_lib.EpochCheckpoints(join(config.model_dir, model_dir_lib.CHECKPOINTS),
+                                           config.keep_checkpoints),
             keras.callbacks.TensorBoard(log_dir, update_freq="epoch"),
             summaries.Conv1Summaries(log_dir, is_chief=chief),
         ]
-    return callbacks, throughput
+    return callbacks, throughput, schedule
 
 
-def run(flags_obj: flags.FlagValues, strategy_override: tf.distribute.Strategy | None = None,
-        datasets_override: Datasets | None = None) -> dict[str, Any]:
-    """Trains as the flags say and returns what it writes to MODEL_DIR/results.json."""
-    if flags_obj.model_dir is None:
-        raise app.UsageError("--model_dir is required")
-    if flags_obj.xla and flags_obj.strategy == "towers":
-        raise app.UsageError("--xla: XLA ignores tf.device placement (tensorflow issue 124880), so it is "
-                             "refused with --strategy=towers")
-    if flags_obj.seed is not None:
-        keras.utils.set_random_seed(flags_obj.seed)
-    if flags_obj.deterministic:
+@dataclasses.dataclass
+class Trainer:
+    """The objects of one run, made by `build`, before `model.fit`."""
+
+    config: TrainConfig
+    strategy: tf.distribute.Strategy
+    chief: bool
+    datasets: Datasets
+    model: keras.Model
+    callbacks: list[keras.callbacks.Callback]
+    throughput: summaries.Throughput
+    schedule: PlateauSchedule
+    steps_per_epoch: int | None
+
+
+def build(config: TrainConfig, strategy_override: tf.distribute.Strategy | None = None,
+          datasets_override: Datasets | None = None) -> Trainer:
+    """Every training object of `config`, ready for `fit`; sets the process-wide seed and dtype policy."""
+    if config.seed is not None:
+        keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    if flags_obj.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    if flags_obj.demo:
-        prepare_demo(flags_obj.data_dir)
-    strategy = strategy_override or distribute.make_strategy(flags_obj.strategy, flags_obj.cluster_timeout)
+    keras.mixed_precision.set_global_policy(config.dtype_policy)
+    if config.demo and datasets_override is None:
+        demo.ensure_demo_data(config.data.data_dir)
+    strategy = strategy_override or distribute.make_strategy(config.strategy, config.cluster_timeout)
     chief = distribute.is_chief(strategy)
-    batch_size = flags_obj.batch_size
-    if datasets_override is None and flags_obj.data_dir is None:
-        raise app.UsageError("--data_dir is required (prepare one with: python tools/prepare_imagenet.py "
-                             "--input_dir=SRC --output_dir=DST)")
-    datasets = datasets_override or create_datasets(flags_obj, batch_size)
-    num_classes = flags_obj.num_classes or datasets.num_classes
-    variant = safeguards.ModelVariantRecord(flags_obj.model_dir, model_variant(flags_obj, num_classes), chief)
-    variant.check()
-    steps_per_epoch = flags_obj.steps_per_epoch
+    datasets = datasets_override or create_datasets(config)
+    model_config = config.model
+    if config.classes_from_data:
+        model_config = dataclasses.replace(model_config, num_classes=datasets.num_classes)
+    run_record = safeguards.RunRecord(config.model_dir, run_variant(config, model_config), chief,
+                                      settings={"learning_rate": config.optimizer.learning_rate})
+    run_record.check()
+    steps_per_epoch = config.steps_per_epoch
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        steps_per_epoch = in_lockstep(datasets, strategy.num_replicas_in_sync, batch_size, steps_per_epoch)
+        steps_per_epoch = in_lockstep(datasets, strategy.num_replicas_in_sync, config.batch_size, steps_per_epoch)
     with strategy.scope():
-        model = create_model(flags_obj, num_classes)
-        compile_model(model, flags_obj)
-    os.makedirs(flags_obj.model_dir, exist_ok=True)
-    callbacks, throughput = create_callbacks(flags_obj, flags_obj.model_dir, batch_size, chief)
-    logging.info("Training %s (%s parameters) with %s on %d replica(s).", model.name,
-                 f"{model.count_params():,}", type(strategy).__name__, strategy.num_replicas_in_sync)
-    history = fit(model, datasets, flags_obj, steps_per_epoch, [*callbacks, variant])
-    results = summarize(flags_obj, history, throughput)
-    if chief:
-        results["conv1_png"] = write_conv1_png(model, os.path.join(flags_obj.model_dir, "conv1.png"))
-        export_dir = flags_obj.export_dir or os.path.join(flags_obj.model_dir, "export")
-        verbosity = logging.get_verbosity()
-        logging.set_verbosity(logging.WARNING)  # TensorFlow's SavedModel writer logs every step at INFO.
-        try:
-            results["export_dir"] = export.export_model(model, flags_obj, export_dir)["export_dir"]
-        finally:
-            logging.set_verbosity(verbosity)
-        with open(os.path.join(flags_obj.model_dir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
-    else:  # Written only to check a run: every worker must end with the chief's weights.
-        results["checkpoint"] = None  # The chief may not have written the last one yet.
-        results["worker_model"] = os.path.join(multi_worker.worker_dir(flags_obj.model_dir, strategy), "model.keras")
-        os.makedirs(os.path.dirname(results["worker_model"]), exist_ok=True)
-        model.save(results["worker_model"])
-    return results
+        model = create_model(config, model_config)
+        compile_model(model, config)
+    callbacks, throughput, schedule = create_callbacks(config, chief, run_record)
+    return Trainer(config, strategy, chief, datasets, model, callbacks, throughput, schedule, steps_per_epoch)
+
+
+def run_variant(config: TrainConfig, model_config: AlexNetConfig) -> dict[str, Any]:
+    """What shapes the model's and the optimizer's variables, which a resumed run must keep: the architecture
+    (the model's own Keras config, less its initialization) and the training settings that change the state."""
+    architecture = {k: v for k, v in dataclasses.asdict(model_config).items() if k not in ("seed", "init")}
+    return {"model": architecture, "dtype_policy": config.dtype_policy, "freeze_conv": config.freeze_conv}
 
 
 def in_lockstep(datasets: Datasets, replicas: int, batch_size: int, steps_per_epoch: int | None) -> int:
     """Makes `datasets` fit for multi_worker (`multi_worker.lockstep_datasets`); returns an epoch's steps."""
     if batch_size % replicas:
-        raise app.UsageError(f"--batch_size={batch_size} does not split evenly over the cluster's {replicas} replicas")
+        raise errors.ConfigError(f"--batch_size={batch_size} does not split evenly over the cluster's {replicas} "
+                                 "replicas")
     steps_per_epoch = steps_per_epoch or (datasets.train_examples or 0) // batch_size
     if not steps_per_epoch:
-        raise app.UsageError("--strategy=multi_worker needs --steps_per_epoch: the training set's size is unknown")
+        raise errors.ConfigError("--strategy=multi_worker needs --steps_per_epoch: the training set's size is "
+                                 "unknown")
     datasets.train, datasets.validation = multi_worker.lockstep_datasets(
         datasets.train, datasets.validation, batch_size, datasets.validation_examples)
     return steps_per_epoch
 
 
-def fit(model: keras.Model, datasets: Datasets, flags_obj: flags.FlagValues, steps_per_epoch: int | None,
-        callbacks: list[keras.callbacks.Callback]) -> keras.callbacks.History:
-    """`model.fit`, with the errors a user can cause or meet turned into one-line TrainingErrors."""
+def fit(trainer: Trainer) -> keras.callbacks.History:
+    """`model.fit`, with the errors a user can cause or meet turned into one-line errors."""
+    config = trainer.config
     try:
-        return model.fit(
-            datasets.train,
-            validation_data=datasets.validation,
-            epochs=flags_obj.epochs,
-            steps_per_epoch=steps_per_epoch,
-            callbacks=callbacks,
+        return trainer.model.fit(
+            trainer.datasets.train,
+            validation_data=trainer.datasets.validation,
+            epochs=config.epochs,
+            steps_per_epoch=trainer.steps_per_epoch,
+            callbacks=trainer.callbacks,
             shuffle=False,  # The input pipeline shuffles.
             verbose=2 if not sys.stdout.isatty() else 1,
         )
     except tf.errors.DataLossError as error:
-        raise safeguards.corrupt_data_error(flags_obj.data_dir, error) from None
+        raise safeguards.corrupt_data_error(config.data.data_dir, error) from None
     except multi_worker.PEER_ERRORS as error:
-        if not isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        if not isinstance(trainer.strategy, tf.distribute.MultiWorkerMirroredStrategy):
             raise
-        raise multi_worker.worker_lost(error, flags_obj.cluster_timeout) from None
+        raise multi_worker.worker_lost(error, config.cluster_timeout) from None
+    except (OSError, tf.errors.OpError) as error:
+        disk_full = safeguards.disk_error(config.model_dir, error)
+        if disk_full is None:
+            raise
+        raise disk_full from None
 
 
-def model_variant(flags_obj: flags.FlagValues, num_classes: int) -> dict[str, Any]:
-    """The flags that shape the model's and the optimizer's variables, which a resumed run must keep."""
-    variant = flags_lib.model_kwargs(flags_obj, num_classes)
-    for initialization_only in ("seed", "init"):
-        del variant[initialization_only]
-    return variant | {"mixed_precision": flags_obj.mixed_precision, "freeze_conv": flags_obj.freeze_conv}
+def train(config: TrainConfig, strategy_override: tf.distribute.Strategy | None = None,
+          datasets_override: Datasets | None = None) -> dict[str, Any]:
+    """Trains as `config` says and returns what it writes to MODEL_DIR/results.json.
+
+    A run that already finished `config.epochs` epochs in MODEL_DIR is not trained again: its results are kept
+    and returned. The chief holds MODEL_DIR's lock for the whole run.
+    """
+    results_path = model_dir_lib.join(config.model_dir, model_dir_lib.RESULTS)
+    finished = model_dir_lib.read_json(results_path)
+    if finished and finished.get("epochs") == config.epochs and finished.get("checkpoint") and \
+            tf.io.gfile.exists(finished["checkpoint"]):
+        logging.warning("%s already holds this run's %d epochs: its results are kept (give more --epochs to "
+                        "train on).", config.model_dir, config.epochs)
+        return finished
+    lock = safeguards.RunLock(config.model_dir)
+    chief = strategy_override is None or distribute.is_chief(strategy_override)
+    if chief and config.strategy != "multi_worker":
+        lock.acquire()
+    try:
+        trainer = build(config, strategy_override, datasets_override)
+        logging.info("Training %s (%s parameters) with %s on %d replica(s).", trainer.model.name,
+                     f"{trainer.model.count_params():,}", type(trainer.strategy).__name__,
+                     trainer.strategy.num_replicas_in_sync)
+        history = fit(trainer)
+        return finish(trainer, history)
+    finally:
+        lock.release()
 
 
-def summarize(flags_obj: flags.FlagValues, history: keras.callbacks.History, throughput: Throughput) -> dict:
-    last = {key: values[-1] for key, values in history.history.items() if values}
-    saved = checkpoints(os.path.join(flags_obj.model_dir, "checkpoints"))
-    return {
-        "epochs": flags_obj.epochs,
-        "val_top1_error": _number(last.get("val_top1_error")),
-        "val_top5_error": _number(last.get("val_top5_error")),
-        "train_top1_error": _number(last.get("top1_error")),
-        "train_loss": _number(last.get("loss")),
-        "learning_rate": _number(last.get("learning_rate")),
-        "train_images_per_sec": _number(float(np.median(throughput.rates)) if throughput.rates else None),
-        "checkpoint": saved[-1] if saved else None,
-        "tensorboard_logdir": os.path.join(flags_obj.model_dir, "logs"),
-    }
+def finish(trainer: Trainer, history: keras.callbacks.History) -> dict[str, Any]:
+    """What the chief writes after the last epoch: figures, the SavedModel, results.json (last)."""
+    config = trainer.config
+    results = summaries.run_results(config.epochs, history, trainer.throughput.rates, config.model_dir)
+    if trainer.chief:
+        results.update(summaries.write_final_figures(trainer.model, config.model_dir))
+        export_dir = config.export_dir or model_dir_lib.join(config.model_dir, model_dir_lib.EXPORT)
+        results["export_dir"] = serving.export_model(trainer.model, config.data, export_dir)["export_dir"]
+        model_dir_lib.write_json(model_dir_lib.join(config.model_dir, model_dir_lib.RESULTS), results)
+    else:  # Written only to check a run: every worker must end with the chief's weights.
+        results["checkpoint"] = None  # The chief may not have written the last one yet.
+        results["worker_model"] = model_dir_lib.join(
+            multi_worker.worker_dir(config.model_dir, trainer.strategy), "model.keras")
+        model_dir_lib.save_atomically(trainer.model, results["worker_model"])
+    return results
 
 
-def write_conv1_png(model: keras.Model, path: str) -> str:
-    """The conv1 filters as one grid image (as TensorBoard shows them), saved as a PNG."""
-    grid = summaries.upscale(summaries.filter_grid(model_lib.conv1_kernel(model)), summaries.DEFAULT_SUMMARY_SCALE)
-    Image.fromarray(grid).save(path)
-    return path
-
-
-def _number(value) -> float | None:
-    return None if value is None else float(value)
-
-
-def prepare_demo(data_dir: str | None) -> None:
-    """Generates and prepares the offline demo dataset in `data_dir`, unless it is there."""
-    from alexnet_tf.data import demo, prepare  # Only the demo needs them.
-
-    if data_dir is None:
-        raise app.UsageError("--demo needs --data_dir")
-    if os.path.exists(os.path.join(data_dir, pipeline.DATASET_INFO_FILENAME)):
-        return
-    raw = os.path.join(data_dir, "raw")
-    if not os.path.isdir(raw):  # generate() writes the folder whole or not at all.
-        demo.generate(raw)
-    prepare.prepare(raw, data_dir, stored_size=demo.DEFAULT_SIZE,
-                    names_file=os.path.join(raw, demo.NAMES_FILE))
+def run(flags_obj: flags.FlagValues, strategy_override: tf.distribute.Strategy | None = None,
+        datasets_override: Datasets | None = None) -> dict[str, Any]:
+    """`train` on the flags' config (the binary's entry point, and the tests')."""
+    return train(config_from_flags(flags_obj), strategy_override, datasets_override)
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        results = run(FLAGS)
-    except (FileNotFoundError, app.UsageError, safeguards.TrainingError) as error:
-        # Impossible flags, bad input, a diverged loss, a lost worker: one line, no traceback.
-        print(f"train: error: {error}", file=sys.stderr)
-        code = getattr(error, "exit_code", 1)
-        multi_worker.exit_if_joined(code)
-        sys.exit(code)
+    results = cli.run_main("train", lambda: run(flags.FLAGS), argv, on_error=multi_worker.exit_if_joined)
     if results["val_top1_error"] is not None:
         print(f"Validation top-1 error {results['val_top1_error']:.4f}, top-5 error "
               f"{results['val_top5_error']:.4f} after {results['epochs']} epochs.")
@@ -353,11 +402,11 @@ def main(argv: list[str]) -> None:
                         ("TensorBoard", f"tensorboard --logdir {results['tensorboard_logdir']}"),
                         ("SavedModel", results.get("export_dir")), ("conv1 filters", results.get("conv1_png")),
                         ("Worker model", results.get("worker_model")),
-                        ("Results", os.path.join(FLAGS.model_dir, "results.json"))]:
+                        ("Results", model_dir_lib.join(flags.FLAGS.model_dir, model_dir_lib.RESULTS))]:
         if where:
             print(f"{what + ':':15}{where}")
 
 
 if __name__ == "__main__":
-    flags_lib.define_flags()
+    define_flags()
     app.run(main)

@@ -1,0 +1,195 @@
+"""What the binaries and tools share at their edge: flag groups, their typed configs, and one error exit.
+
+Each binary (train, evaluate, export) declares its flags in one function of its own, `define_flags(flag_values)`,
+from the groups here, so that every flag has one definition, one help text and one default: the default of the
+typed config it fills (`AlexNetConfig`, `DataConfig`, ...), where the paper's values are named and cited. The
+flags become those configs once, in the binary (`model_config`, `data_config`); library code never sees absl.
+
+A binary defines only its own flags: `train --ten_crop` is an error, not a silently ignored option. Tests give
+each binary a fresh `flags.FlagValues()`, so the three can be parsed in one process.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+import keras
+from absl import app, flags
+
+from alexnet_tf import errors, loading
+from alexnet_tf import model as model_lib
+from alexnet_tf.model import POOLING, AlexNetConfig
+from alexnet_tf.data.pipeline import CHANNEL_ORDERS, MEAN_MODES, DataConfig
+from alexnet_tf.data.sources import TFDS_PREFIX
+
+DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+MODEL_FLAGS = ("towers", "groups", "width", "image_size", "num_classes", "lrn", "lrn_k", "lrn_alpha",
+               "lrn_beta", "lrn_depth", "pooling", "activation", "dropout", "init", "input_scale")
+_DEFAULTS = AlexNetConfig()
+
+
+def define_model_flags(fv: flags.FlagValues) -> None:
+    """The architecture (`AlexNetConfig`), for building a model or reading a .npy file into one."""
+    flags.DEFINE_integer("towers", _DEFAULTS.towers, "2: the paper's two-tower network (Figure 2); 1: one stream.",
+                         lower_bound=1, upper_bound=2, flag_values=fv)
+    flags.DEFINE_integer("groups", _DEFAULTS.groups, "For --towers=1: 2 groups in conv2/4/5 (Caffe) or 1 (dense).",
+                         lower_bound=1, upper_bound=2, flag_values=fv)
+    flags.DEFINE_float("width", _DEFAULTS.width, "Scales every channel and unit count; 1.0 is the paper's.",
+                       lower_bound=1e-3, upper_bound=4.0, flag_values=fv)
+    flags.DEFINE_integer("image_size", _DEFAULTS.image_size, "Side of the square crops fed to the network, pixels "
+                         "(section 4.1: 224).", lower_bound=63, flag_values=fv)
+    flags.DEFINE_integer("num_classes", None, "Classes of fc8; default: the data set's (or the .npy file's).",
+                         lower_bound=2, flag_values=fv)
+    flags.DEFINE_boolean("lrn", _DEFAULTS.lrn, "Local response normalization after conv1 and conv2 (section 3.3).",
+                         flag_values=fv)
+    flags.DEFINE_float("lrn_k", _DEFAULTS.lrn_k, "LRN k (section 3.3).", flag_values=fv)
+    flags.DEFINE_float("lrn_alpha", _DEFAULTS.lrn_alpha, "LRN alpha scaling the plain sum of squares (the paper's "
+                       "and TensorFlow's convention; Caffe's alpha is this times the depth).", flag_values=fv)
+    flags.DEFINE_float("lrn_beta", _DEFAULTS.lrn_beta, "LRN beta (section 3.3).", flag_values=fv)
+    flags.DEFINE_integer("lrn_depth", _DEFAULTS.lrn_depth, "LRN window n, in channels, odd (section 3.3).",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_enum("pooling", _DEFAULTS.pooling, list(POOLING),
+                      "3x3 stride-2 overlapping or 2x2 stride-2 pooling (section 3.4).", flag_values=fv)
+    flags.DEFINE_enum("activation", _DEFAULTS.activation, ["relu", "tanh"], "Nonlinearity (section 3.1).",
+                      flag_values=fv)
+    flags.DEFINE_float("dropout", _DEFAULTS.dropout, "Dropout rate on fc6 and fc7 (section 4.2).",
+                       lower_bound=0.0, upper_bound=0.99, flag_values=fv)
+    flags.DEFINE_enum("init", _DEFAULTS.init, ["paper", "he"],
+                      "Initialization: the paper's (section 5) or He-normal.", flag_values=fv)
+    flags.DEFINE_float("input_scale", _DEFAULTS.input_scale, "Multiplies the preprocessed input (1.0: the "
+                       "paper's 0-255 values; 1/64: about unit variance).", lower_bound=1e-6, flag_values=fv)
+    flags.register_validator("lrn_depth", lambda v: v % 2 == 1, "--lrn_depth must be odd", flag_values=fv)
+
+
+def define_data_flags(fv: flags.FlagValues, *, training: bool) -> None:
+    """The data set and its preprocessing (`DataConfig`); `training` adds the augmentation's flags."""
+    defaults = DataConfig(data_dir=None)
+    flags.DEFINE_string("data_dir", None, "Prepared data set (tools/prepare_imagenet.py output), an ILSVRC "
+                        f"folder, or '{TFDS_PREFIX}NAME' for a TFDS data set; local or any tf.io.gfile path.",
+                        flag_values=fv)
+    flags.DEFINE_string("stats_path", defaults.stats_path, "Mean image and RGB eigen-decomposition "
+                        "(tools/compute_stats.py); default DATA_DIR/stats.npz. 'imagenet': ImageNet's "
+                        "published per-channel values.", flag_values=fv)
+    flags.DEFINE_enum("mean", defaults.mean, list(MEAN_MODES),
+                      "Subtract the mean image (section 2), the per-channel mean, or nothing.", flag_values=fv)
+    flags.DEFINE_enum("channel_order", defaults.channel_order, list(CHANNEL_ORDERS),
+                      "Channel order fed to the network (BGR for Caffe's weights).", flag_values=fv)
+    flags.DEFINE_list("mean_rgb", None, "With --mean=channel: the per-channel mean to subtract, R,G,B on the "
+                      "0-255 scale (123,117,104 for Caffe's weights); default: the statistics' mean.",
+                      flag_values=fv)
+    flags.register_validator("mean_rgb", lambda v: v is None or (len(v) == 3 and all(map(_is_number, v))),
+                             "--mean_rgb takes three numbers, R,G,B", flag_values=fv)
+    flags.register_multi_flags_validator(["mean_rgb", "mean"],
+                                         lambda v: v["mean_rgb"] is None or v["mean"] == "channel",
+                                         "--mean_rgb needs --mean=channel", flag_values=fv)
+    if training:
+        flags.DEFINE_boolean("pca_noise", defaults.pca_noise, "PCA colour noise in training (section 4.1).",
+                             flag_values=fv)
+        flags.DEFINE_integer("shuffle_buffer", defaults.shuffle_buffer, "Training shuffle buffer, examples.",
+                             lower_bound=1, flag_values=fv)
+
+
+def define_dtype_policy_flag(fv: flags.FlagValues) -> None:
+    """--dtype_policy (Keras' mixed precision); the old --mixed_precision says what replaced it."""
+    flags.DEFINE_enum("dtype_policy", "float32", list(DTYPE_POLICIES),
+                      "Keras dtype policy. mixed_float16: GPUs before A100 (loss scaling); mixed_bfloat16: A100 "
+                      "and later, CPUs with AVX-512 BF16 or AMX (no loss scaling). LRN, logits and loss stay "
+                      "float32.", flag_values=fv)
+    flags.DEFINE_boolean("mixed_precision", False, "Replaced by --dtype_policy=mixed_float16.", flag_values=fv)
+    flags.register_validator("mixed_precision", lambda v: not v,
+                             "--mixed_precision was replaced by --dtype_policy=mixed_float16 (or mixed_bfloat16)",
+                             flag_values=fv)
+
+
+def define_model_file_flags(fv: flags.FlagValues, *, ensemble: bool) -> None:
+    """The trained model(s) a binary reads: --checkpoint, --pretrained and, for evaluation, --ensemble."""
+    flags.DEFINE_string("checkpoint", None, "A .keras checkpoint written by training (it carries its own "
+                        "architecture: no model flags needed).", flag_values=fv)
+    flags.DEFINE_string("pretrained", None, "A bvlc_alexnet-layout .npy file, read into the model the model "
+                        "flags describe (flags/bvlc.cfg for Caffe's published weights).", flag_values=fv)
+    if ensemble:
+        flags.DEFINE_list("ensemble", [], "More .keras or .npy models whose softmax outputs are averaged "
+                          "(section 6).", flag_values=fv)
+
+
+def model_paths(fv: flags.FlagValues) -> list[str]:
+    """The models a binary reads: --checkpoint or --pretrained, then every --ensemble entry."""
+    if fv.checkpoint and fv.pretrained:
+        raise errors.ConfigError("give --checkpoint or --pretrained, not both")
+    first = fv.checkpoint or fv.pretrained
+    paths = ([first] if first else []) + list(fv["ensemble"].value if "ensemble" in fv else [])
+    if not paths:
+        raise errors.ConfigError("no model: give --checkpoint=FILE.keras, --pretrained=FILE.npy"
+                                 + (" or --ensemble" if "ensemble" in fv else ""))
+    return paths
+
+
+def load_models(fv: flags.FlagValues) -> list[tuple[str, keras.Model]]:
+    """(path, model) for each of `model_paths(fv)`: a .keras checkpoint as it describes itself (model flags that
+    contradict it are refused), a .npy file into the architecture of the model flags."""
+    loaded = []
+    for path in model_paths(fv):
+        if path.endswith(".keras"):
+            network = loading.load_model(path)
+            check_against_checkpoint(fv, path, model_lib.model_config(network))
+        else:
+            network = loading.load_model(path, model_config(fv), num_classes=fv.num_classes)
+        loaded.append((path, network))
+    return loaded
+
+
+def model_config(fv: flags.FlagValues, num_classes: int | None = None, seed: int | None = None) -> AlexNetConfig:
+    """The architecture the model flags describe; fc8 has --num_classes units, else `num_classes`."""
+    values = {name: fv[name].value for name in MODEL_FLAGS}
+    values["num_classes"] = values["num_classes"] or num_classes or _DEFAULTS.num_classes
+    return AlexNetConfig(**values, seed=seed)
+
+
+def explicit_model_flags(fv: flags.FlagValues) -> dict[str, Any]:
+    """The model flags the user gave (on the command line or in a flagfile), name -> value."""
+    return {name: fv[name].value for name in MODEL_FLAGS if fv[name].present}
+
+
+def check_against_checkpoint(fv: flags.FlagValues, path: str, config: AlexNetConfig) -> None:
+    """Refuses model flags that contradict a .keras checkpoint, which carries its own architecture."""
+    recorded = config.__dict__
+    conflicts = [f"--{name}={value} (it has {recorded[name]})" for name, value in explicit_model_flags(fv).items()
+                 if recorded.get(name) != value]
+    if conflicts:
+        raise errors.ConfigError(f"{path} is another architecture than the flags say: {'; '.join(conflicts)}. A "
+                                 ".keras checkpoint carries its own; drop those flags")
+
+
+def data_config(fv: flags.FlagValues) -> DataConfig:
+    """The data set and preprocessing the data flags describe."""
+    mean_rgb = None if fv.mean_rgb is None else tuple(float(v) for v in fv.mean_rgb)
+    extra = {name: fv[name].value for name in ("pca_noise", "shuffle_buffer") if name in fv}
+    return DataConfig(data_dir=fv.data_dir, mean=fv.mean, mean_rgb=mean_rgb, stats_path=fv.stats_path,
+                      channel_order=fv.channel_order, **extra)
+
+
+def run_main(program: str, run: Callable[[], Any], argv: list[str], on_error: Callable[[int], None] | None = None):
+    """`run()` for a binary's or tool's `main`: the one error exit of the project.
+
+    A user's mistake or a fault met on the way (errors.AlexNetError) ends the program with one line on stderr,
+    `program: error: message`, and the error's exit status, without a traceback. `on_error(code)` runs first
+    (the trainer's cluster shutdown).
+    """
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        return run()
+    except errors.AlexNetError as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        if on_error is not None:
+            on_error(error.exit_code)
+        sys.exit(error.exit_code)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

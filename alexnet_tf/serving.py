@@ -1,0 +1,113 @@
+"""The SavedModel that TensorFlow Serving runs: `export_model` writes it, `make_archive` builds it.
+
+    python -m alexnet_tf.export --data_dir=/data/imagenet --checkpoint=/runs/paper/checkpoints/epoch_090.keras \
+        --export_dir=/models/alexnet/1
+    python -m alexnet_tf.export --flagfile=flags/bvlc.cfg --data_dir=/data/imagenet \
+        --pretrained=bvlc_alexnet.npy --export_dir=/models/bvlc_alexnet/1
+
+The SavedModel holds only TensorFlow ops: `tf.saved_model.load` and TensorFlow Serving read it
+without this package. It is written with Keras 3's `keras.export.ExportArchive` (not
+`tf.saved_model.save` on the Keras model, keras issue 19458) and has two signatures:
+
+- `serving_default`: `images`, tf.string [N], encoded images (JPEG or PNG; GIF, BMP and WebP
+  decode as well) of any size -> `classes` int64 [N, 5], `scores` float32 [N, 5] (softmax
+  probabilities, descending) and `labels` tf.string [N, 5] (class names). Each image is decoded
+  with 3 channels, its shorter side rescaled to the stored size (the data set's, 256 for
+  ImageNet, section 2) and centre-cropped, as evaluation does (`pipeline.make_eval_transform`):
+  same crop, same mean (--mean, --mean_rgb, --stats_path or DATA_DIR/stats.npz), same channel
+  order. An image that does not decode (empty, truncated, not an image) fails the whole request
+  with TensorFlow's InvalidArgumentError naming the problem ("Input is empty", "Invalid PNG data",
+  "Invalid JPEG data or crop window", "Unknown image file format"): never a made-up answer.
+- `predict_images`: `images`, float32 [N, S, S, 3], already preprocessed as the model was trained
+  (S = the model's image size) -> `logits` and `probabilities`, float32 [N, num_classes]. Another
+  size fails with InvalidArgumentError, even from a caller that bypasses the signature's shape.
+
+Class names come from the data set (DATA_DIR/labels.txt for a prepared one); without --data_dir
+they are the class indices as strings. With fewer than 5 classes, the top-k outputs have
+num_classes columns. A two-tower model is exported unplaced (placement matters only on GPUs).
+
+Trying it on a real JPEG with a narrow random network, from the repository root (the answer is arbitrary;
+the plumbing is the point):
+
+    python -c "from alexnet_tf.model import build_alexnet; from alexnet_tf.weights import save_npy_weights; \
+        save_npy_weights(build_alexnet(1000, towers=1, image_size=67, width=0.125, init='he', seed=0), \
+        '/tmp/narrow.npy')"
+    python -m alexnet_tf.export --towers=1 --width=0.125 --image_size=67 --pretrained=/tmp/narrow.npy \
+        --export_dir=/tmp/alexnet_export
+    saved_model_cli show --dir /tmp/alexnet_export --all
+    python -c "import sys, numpy as np; np.save(sys.argv[1], np.array([open(p, 'rb').read() for p in sys.argv[2:]], \
+        dtype=object))" /tmp/request.npy ../shared/imagenet-sample-100/n01440764_tench.JPEG
+    saved_model_cli run --dir /tmp/alexnet_export --tag_set serve --signature_def serving_default \
+        --inputs images=/tmp/request.npy
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import keras
+import tensorflow as tf
+
+from alexnet_tf import errors
+from alexnet_tf import model as model_lib
+from alexnet_tf.data import pipeline, sources
+from alexnet_tf.metrics import TOP_K
+
+SERVING_SIGNATURE = "serving_default"
+IMAGES_SIGNATURE = "predict_images"
+
+
+def class_names(data_dir: str | None, num_classes: int) -> list[str]:
+    """The names the `labels` output gives: the data set's, else "0", "1", ..."""
+    if data_dir is None:
+        return [str(i) for i in range(num_classes)]
+    names = sources.open_source(data_dir).class_names()
+    if len(names) != num_classes:
+        raise errors.ConfigError(f"the model has {num_classes} classes, {data_dir} names {len(names)}")
+    return names
+
+
+def make_archive(model: keras.Model, preprocess: Callable[[tf.Tensor], tf.Tensor],
+                 names: Sequence[str], top_k: int = TOP_K[-1]) -> keras.export.ExportArchive:
+    """An ExportArchive with the two signatures of the module docstring.
+
+    Args:
+        model: images [N, S, S, 3] -> logits [N, num_classes].
+        preprocess: fn(encoded image, tf.string scalar) -> float32 [S, S, 3], the model's input.
+        names: one name per class.
+        top_k: columns of the `serving_default` outputs (at most the number of classes).
+    """
+    size = model_lib.model_config(model).image_size
+    k = min(top_k, len(names))
+    name_table = tf.constant(list(names), tf.string)
+
+    def predict_images(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        # A caller may bypass the signature's static shape (a flat call, a TF1 session feed); a wrong size
+        # must fail, not compute logits of a differently cropped image.
+        tf.debugging.assert_equal(tf.shape(images)[1:], tf.constant([size, size, 3]),
+                                  message=f"{IMAGES_SIGNATURE}: images must be float32 [N, {size}, {size}, 3]")
+        logits = tf.cast(model(images, training=False), tf.float32)
+        return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
+
+    def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        batch = tf.map_fn(preprocess, images, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+        scores, classes = tf.math.top_k(predict_images(batch)["probabilities"], k)
+        return {"classes": tf.cast(classes, tf.int64), "scores": scores, "labels": tf.gather(name_table, classes)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SERVING_SIGNATURE, serve, [tf.TensorSpec([None], tf.string, name="images")])
+    archive.add_endpoint(IMAGES_SIGNATURE, predict_images,
+                         [tf.TensorSpec([None, size, size, 3], tf.float32, name="images")])
+    return archive
+
+
+def export_model(model: keras.Model, data: pipeline.DataConfig, export_dir: str) -> dict[str, Any]:
+    """Writes `model`, unplaced, with the serving preprocessing of `data` to `export_dir` (any tf.io.gfile path)."""
+    model = model_lib.without_placement(model)
+    config = model_lib.model_config(model)
+    names = class_names(data.data_dir, config.num_classes)
+    preprocess = pipeline.make_eval_transform(data, config.image_size, any_image=True)
+    make_archive(model, preprocess, names).write_out(export_dir, verbose=False)
+    return {"export_dir": export_dir, "signatures": [SERVING_SIGNATURE, IMAGES_SIGNATURE],
+            "image_size": config.image_size, "num_classes": len(names)}
