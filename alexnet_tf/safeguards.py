@@ -139,11 +139,11 @@ class RunLock:
         return False
 
 
-class RunRecord(keras.callbacks.Callback):
+class RunRecord:
     """Keeps a run of one configuration from resuming another's MODEL_DIR, and says what a resume ignores.
 
-    `variant` holds what shapes the model's and the optimizer's variables: the architecture (the model's own
-    Keras config) and the settings that change its state; `settings` what a resume keeps from the first run
+    `variant` holds what shapes the model's and the optimizer's variables, by flag name: the architecture (the
+    model's own Keras config) and the settings that change its state; `settings` what a resume keeps from the first run
     although the command may say otherwise (the initial learning rate: the schedule's saved state wins).
     `check()`, before training, writes MODEL_DIR/run.json while MODEL_DIR holds nothing to resume (no backup, no
     checkpoint), so that a record exists before anything can be resumed; once it does, it refuses a variant that
@@ -152,7 +152,6 @@ class RunRecord(keras.callbacks.Callback):
 
     def __init__(self, model_dir: str, variant: Mapping[str, Any], is_chief: bool = True,
                  settings: Mapping[str, Any] | None = None):
-        super().__init__()
         self.path = model_dir_lib.join(model_dir, RUN_RECORD)
         self.model_dir, self.is_chief = model_dir, is_chief
         self.record = {"variant": _plain(variant), "settings": _plain(settings or {})}
@@ -169,8 +168,8 @@ class RunRecord(keras.callbacks.Callback):
             if self.is_chief:
                 model_dir_lib.write_json(self.path, self.record)
             return
-        ours, theirs = _flatten(self.record["variant"]), _flatten(recorded.get("variant", {}))
-        differences = [f"{name}={_text(ours.get(name))} (it has {_text(theirs.get(name))})"
+        ours, theirs = self.record["variant"], recorded.get("variant", {})
+        differences = [f"--{name}={_text(ours.get(name))} (it has {_text(theirs.get(name))})"
                        for name in sorted(set(ours) | set(theirs)) if ours.get(name) != theirs.get(name)]
         if differences:
             raise TrainingError(f"{self.model_dir} holds a run of another model variant: {'; '.join(differences)}. "
@@ -236,16 +235,6 @@ def disk_error(model_dir: str, error: Exception) -> TrainingError | None:
 def _plain(value: Any) -> Any:
     """`value` as JSON would give it back (tuples as lists), so a record compares equal to its reading."""
     return json.loads(json.dumps(value))
-
-
-def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in record.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _text(value: Any) -> str:

@@ -216,9 +216,9 @@ def compile_model(model: keras.Model, config: TrainConfig) -> None:
     )
 
 
-def create_callbacks(config: TrainConfig, chief: bool, run_record: safeguards.RunRecord
+def create_callbacks(config: TrainConfig, chief: bool
                      ) -> tuple[list[keras.callbacks.Callback], summaries.Throughput, PlateauSchedule]:
-    """The callbacks of `model.fit`, in the order that keeps MODEL_DIR consistent after a kill."""
+    """The callbacks of `model.fit`, in the order that keeps MODEL_DIR consistent after a kill at any point."""
     join = model_dir_lib.join
     backup_dir = join(config.model_dir, model_dir_lib.BACKUP)
     log_dir = join(config.model_dir, model_dir_lib.LOGS)
@@ -227,26 +227,20 @@ def create_callbacks(config: TrainConfig, chief: bool, run_record: safeguards.Ru
         patience_epochs=config.schedule.patience_epochs, min_delta=config.schedule.min_delta,
         max_reductions=config.schedule.max_reductions, state_path=join(backup_dir, "plateau.json"),
         is_chief=chief)
-    callbacks = [
-        # First: a diverged epoch raises before any other callback saves it.
-        safeguards.StopOnNaN(),
-        throughput,
-        run_record,
-        # Before BackupAndRestore: the schedule's state file is then never older than the backup.
-        schedule,
-        # double_checkpoint: Keras writes the backup in place, so a kill during the write leaves a corrupt
-        # file; it then restores the previous epoch's backup instead. Other workers restore the chief's backup
-        # and never write it: a save frequency of sys.maxsize batches is never reached.
-        safeguards.FallbackBackupAndRestore(backup_dir, save_freq="epoch" if chief else sys.maxsize,
-                                            double_checkpoint=True, delete_checkpoint=False),
-    ]
+    # First: a diverged epoch raises before any other callback saves it. The schedule's state and the epoch's
+    # checkpoint go before the backup: a kill between them resumes at that epoch and writes both again.
+    callbacks: list[keras.callbacks.Callback] = [safeguards.StopOnNaN(), throughput, schedule]
     if chief:
-        callbacks += [
-            model_dir_lib.EpochCheckpoints(join(config.model_dir, model_dir_lib.CHECKPOINTS),
-                                           config.keep_checkpoints),
-            keras.callbacks.TensorBoard(log_dir, update_freq="epoch"),
-            summaries.Conv1Summaries(log_dir, is_chief=chief),
-        ]
+        callbacks.append(model_dir_lib.EpochCheckpoints(join(config.model_dir, model_dir_lib.CHECKPOINTS),
+                                                        config.keep_checkpoints))
+    # double_checkpoint: Keras writes the backup in place, so a kill during the write leaves a damaged file; the
+    # previous epoch's backup is restored instead. Other workers restore the chief's backup and never write it:
+    # a save frequency of sys.maxsize batches is never reached.
+    callbacks.append(safeguards.FallbackBackupAndRestore(backup_dir, save_freq="epoch" if chief else sys.maxsize,
+                                                         double_checkpoint=True, delete_checkpoint=False))
+    if chief:
+        callbacks += [keras.callbacks.TensorBoard(log_dir, update_freq="epoch"),
+                      summaries.Conv1Summaries(log_dir, is_chief=chief)]
     return callbacks, throughput, schedule
 
 
@@ -281,16 +275,15 @@ def build(config: TrainConfig, strategy_override: tf.distribute.Strategy | None 
     model_config = config.model
     if config.classes_from_data:
         model_config = dataclasses.replace(model_config, num_classes=datasets.num_classes)
-    run_record = safeguards.RunRecord(config.model_dir, run_variant(config, model_config), chief,
-                                      settings={"learning_rate": config.optimizer.learning_rate})
-    run_record.check()
+    safeguards.RunRecord(config.model_dir, run_variant(config, model_config), chief,
+                         settings={"learning_rate": config.optimizer.learning_rate}).check()
     steps_per_epoch = config.steps_per_epoch
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         steps_per_epoch = in_lockstep(datasets, strategy.num_replicas_in_sync, config.batch_size, steps_per_epoch)
     with strategy.scope():
         model = create_model(config, model_config)
         compile_model(model, config)
-    callbacks, throughput, schedule = create_callbacks(config, chief, run_record)
+    callbacks, throughput, schedule = create_callbacks(config, chief)
     return Trainer(config, strategy, chief, datasets, model, callbacks, throughput, schedule, steps_per_epoch)
 
 
@@ -298,7 +291,7 @@ def run_variant(config: TrainConfig, model_config: AlexNetConfig) -> dict[str, A
     """What shapes the model's and the optimizer's variables, which a resumed run must keep: the architecture
     (the model's own Keras config, less its initialization) and the training settings that change the state."""
     architecture = {k: v for k, v in dataclasses.asdict(model_config).items() if k not in ("seed", "init")}
-    return {"model": architecture, "dtype_policy": config.dtype_policy, "freeze_conv": config.freeze_conv}
+    return {**architecture, "dtype_policy": config.dtype_policy, "freeze_conv": config.freeze_conv}
 
 
 def in_lockstep(datasets: Datasets, replicas: int, batch_size: int, steps_per_epoch: int | None) -> int:

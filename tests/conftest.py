@@ -26,19 +26,8 @@ def pytest_configure(config):
 
 @pytest.fixture
 def parse():
-    """parse(*args) parses the binaries' flags (alexnet_tf/flags.py) from `args` for one test and
-    returns them; every flag is restored after the test."""
-    from absl import flags
-    from absl.testing import flagsaver
+    """parse(*args): the training binary's flags parsed from `args` (`flag_parser`)."""
+    from alexnet_tf import train
+    from tests.flag_parsing import flag_parser
 
-    from alexnet_tf import flags as flags_lib
-
-    flags_lib.define_flags()
-    with flagsaver.flagsaver():
-
-        def parse_args(*args):
-            flags.FLAGS.unparse_flags()
-            flags.FLAGS(["alexnet_tf", *args])
-            return flags.FLAGS
-
-        yield parse_args
+    return flag_parser(train)

@@ -5,15 +5,11 @@ import sys
 import keras
 import numpy as np
 import pytest
-from absl import flags
-from absl.testing import flagsaver
 from tensorflow.python.framework import config as tf_config
 
-from alexnet_tf import flags as flags_lib
 from alexnet_tf import train
 from tests import tiny_data
-
-FLAGS = flags.FLAGS
+from tests.flag_parsing import flag_parser
 TINY = ["--width=0.0625", "--image_size=64", "--batch_size=8", "--epochs=1"]
 
 
@@ -26,17 +22,14 @@ def data_dir(tmp_path_factory):
 def run(data_dir, tmp_path):
     """Trains in-process as the command line `args` says; returns the final weights. Op determinism, which
     TensorFlow keeps for the rest of the process, is switched off again afterwards."""
-    flags_lib.define_flags()
     runs = []
 
     def train_with(*args):
-        FLAGS.unparse_flags()
-        FLAGS(["train", *TINY, f"--data_dir={data_dir}", f"--model_dir={tmp_path / str(len(runs))}", *args])
-        runs.append(train.run(FLAGS))
+        runs.append(train.run(flag_parser(train)(*TINY, f"--data_dir={data_dir}",
+                                                 f"--model_dir={tmp_path / str(len(runs))}", *args)))
         return keras.models.load_model(runs[-1]["checkpoint"], compile=False).get_weights()
 
-    with flagsaver.flagsaver():
-        yield train_with
+    yield train_with
     tf_config.disable_op_determinism()
 
 
@@ -53,11 +46,9 @@ def test_two_deterministic_runs_end_with_identical_weights(run):
 
 
 def test_deterministic_makes_the_input_pipeline_keep_its_order(data_dir):
-    flags_lib.define_flags()
-    with flagsaver.flagsaver():
-        FLAGS.unparse_flags()
-        FLAGS(["train", *TINY, f"--data_dir={data_dir}", "--deterministic", "--seed=3"])
-        datasets = train.create_datasets(FLAGS, 8)
+    flag_values = flag_parser(train)(*TINY, f"--data_dir={data_dir}", "--model_dir=unused", "--deterministic",
+                                     "--seed=3")
+    datasets = train.create_datasets(train.config_from_flags(flag_values))
     assert datasets.train.options().deterministic is True
 
 

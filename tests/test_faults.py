@@ -15,13 +15,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
-from absl.testing import flagsaver
 
-from alexnet_tf import distribute, safeguards, train
-from alexnet_tf import flags as flags_lib
+from alexnet_tf import cli, distribute, errors, train
 from tests import tiny_data
-
-FLAGS = flags.FLAGS
+from tests.flag_parsing import flag_parser
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--width=0.0625", "--image_size=64", "--batch_size=8", "--seed=1"]
 
@@ -41,11 +38,7 @@ def parse(parse):
 def finished_run(data_dir, tmp_path_factory):
     """MODEL_DIR of a one-epoch run, which the tests copy and try to spoil."""
     model_dir = tmp_path_factory.mktemp("finished") / "model"
-    flags_lib.define_flags()
-    with flagsaver.flagsaver():
-        FLAGS.unparse_flags()
-        FLAGS(["train", *TINY, f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=1"])
-        train.run(FLAGS)
+    train.run(flag_parser(train)(*TINY, f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=1"))
     return model_dir
 
 
@@ -75,9 +68,9 @@ def test_an_empty_or_unreadable_data_dir_is_one_line_and_exit_status_1(data_dir,
                                                                         message):
     data = shutil.copytree(data_dir, tmp_path / "data")
     spoil(data)
-    parse(f"--data_dir={data}", f"--model_dir={tmp_path / 'model'}")
+    flag_values = parse(f"--data_dir={data}", f"--model_dir={tmp_path / 'model'}")
     with pytest.raises(SystemExit) as exit_info:
-        train.main(["train"])
+        cli.run_main("train", lambda: train.run(flag_values), ["train"])
     assert exit_info.value.code == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"train: error: {data}") and message in last, last
@@ -94,7 +87,7 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_epoch(parse, tmp_pat
                               tf.data.Dataset.from_tensor_slices((images[:2], labels[:2])), num_classes=4)
     model_dir = tmp_path / "model"
     flag_values = parse(f"--model_dir={model_dir}", "--epochs=3", "--steps_per_epoch=4")
-    with pytest.raises(safeguards.TrainingError) as error:
+    with pytest.raises(errors.TrainingError) as error:
         train.run(flag_values, datasets_override=datasets)
     assert str(error.value) == ("the training loss is nan at epoch 2, step 3 (optimizer step 7): training diverged, "
                                 "and nothing was saved after the previous epoch; resume with a lower --learning_rate")
@@ -110,12 +103,14 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_epoch(parse, tmp_pat
 
 def test_a_learning_rate_blowup_stops_before_saving(data_dir, parse, tmp_path):
     flag_values = parse(f"--data_dir={data_dir}", f"--model_dir={tmp_path}", "--learning_rate=1e6")
-    with pytest.raises(safeguards.TrainingError, match=r"at epoch 1.*training diverged"):
+    with pytest.raises(errors.TrainingError, match=r"at epoch 1.*training diverged"):
         train.run(flag_values)
     assert os.listdir(tmp_path / "checkpoints") == [] and not (tmp_path / "backup").exists()
 
 
 def test_weights_that_overflowed_in_the_last_step_are_not_saved():
+    from alexnet_tf import safeguards
+
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="dense")])
     model.compile(optimizer="sgd", loss="mse")
     guard = safeguards.StopOnNaN()
@@ -123,7 +118,7 @@ def test_weights_that_overflowed_in_the_last_step_are_not_saved():
     guard.on_epoch_begin(0)
     guard.on_train_batch_end(0, {"loss": 1.5})  # A finite loss: the update after it overflowed.
     model.layers[0].kernel.assign([[np.inf], [0.0]])
-    with pytest.raises(safeguards.TrainingError, match=r"not finite after epoch 1 \(sequential/dense/kernel\)"):
+    with pytest.raises(errors.TrainingError, match=r"not finite after epoch 1 \(sequential/dense/kernel\)"):
         guard.on_epoch_end(0, {"loss": 1.5})
 
 
@@ -136,7 +131,7 @@ def test_an_epoch_without_a_readable_image_stops_the_run(parse, tmp_path):
             for i in range(8):
                 (folder / f"{wnid}_{i}.JPEG").write_bytes(b"not an image")
     flag_values = parse(f"--data_dir={tmp_path / 'data'}", f"--model_dir={tmp_path / 'model'}")
-    with pytest.raises(safeguards.TrainingError, match="epoch 1 trained on no batch: no training image could be read"):
+    with pytest.raises(errors.TrainingError, match="epoch 1 trained on no batch: no training image could be read"):
         train.run(flag_values)
     assert not (tmp_path / "model" / "checkpoints").exists() or not os.listdir(tmp_path / "model" / "checkpoints")
 
@@ -149,7 +144,7 @@ def test_a_corrupt_shard_is_named_and_the_run_so_far_kept(data_dir, model_dir, p
     shard.write_bytes(bytes(content))
     before = contents(model_dir)
     flag_values = parse(f"--data_dir={data}", f"--model_dir={model_dir}", "--epochs=2")
-    with pytest.raises(safeguards.TrainingError) as error:
+    with pytest.raises(errors.TrainingError) as error:
         train.run(flag_values)
     assert re.fullmatch(rf"unreadable data \(corrupted record at \d+\) in {re.escape(str(shard))}: prepare the data "
                         r"set again \(python tools/prepare_imagenet.py\)", str(error.value)), str(error.value)
@@ -164,7 +159,7 @@ def test_a_corrupt_shard_is_named_and_the_run_so_far_kept(data_dir, model_dir, p
 def test_a_model_dir_of_another_variant_is_refused(data_dir, model_dir, parse, flag, message):
     before = contents(model_dir)
     flag_values = parse(f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=2", flag)
-    with pytest.raises(safeguards.TrainingError) as error:
+    with pytest.raises(errors.TrainingError) as error:
         train.run(flag_values)
     assert str(error.value).startswith(f"{model_dir} holds a run of another model variant: {message}.")
     assert contents(model_dir) == before
@@ -172,7 +167,7 @@ def test_a_model_dir_of_another_variant_is_refused(data_dir, model_dir, parse, f
 
 def test_the_model_variant_message_names_every_difference(data_dir, model_dir, parse):
     flag_values = parse(f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--towers=1", "--groups=1", "--lrn=false")
-    with pytest.raises(safeguards.TrainingError) as error:
+    with pytest.raises(errors.TrainingError) as error:
         train.run(flag_values)
     assert str(error.value) == (f"{model_dir} holds a run of another model variant: --groups=1 (it has 2); "
                                 "--lrn=false (it has true); --towers=1 (it has 2). Resume it with its own flags, or "
@@ -183,22 +178,113 @@ def test_a_pretrained_checkpoint_of_another_variant_is_named(finished_run, data_
     checkpoint = finished_run / "checkpoints" / "epoch_001.keras"
     flag_values = parse(f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'model'}", f"--pretrained={checkpoint}",
                         "--width=0.125")
-    with pytest.raises(safeguards.TrainingError, match=rf"^--pretrained={checkpoint} is another model variant: layer "
+    with pytest.raises(errors.TrainingError, match=rf"^--pretrained={checkpoint} is another model variant: layer "
                        r"conv1: the weights have shape \(11, 11, 3, 6\), the model expects \(11, 11, 3, 12\)$"):
         train.run(flag_values)
 
 
+def test_a_finished_run_run_again_keeps_its_results(model_dir, data_dir, parse):
+    before = contents(model_dir)
+    results = train.run(parse(f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=1"))
+    assert results == json.loads((model_dir / "results.json").read_text())
+    assert results["val_top1_error"] is not None and results["checkpoint"].endswith("epoch_001.keras")
+    assert contents(model_dir) == before
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(data_dir, tmp_path_factory):
+    """MODEL_DIR of a two-epoch run: its backup has a previous version (.bkp) beside the latest."""
+    model_dir = tmp_path_factory.mktemp("two") / "model"
+    train.run(flag_parser(train)(*TINY, f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=2"))
+    return model_dir
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+
+
+@pytest.mark.parametrize("spoil", [
+    lambda backup: truncate(backup / "latest.weights.h5"),
+    lambda backup: (backup / "latest.weights.h5").write_bytes(b"garbage" + (backup / "latest.weights.h5").read_bytes()[7:]),
+    lambda backup: (backup / "training_metadata.json").write_text(""),
+    lambda backup: truncate(backup / "plateau.json"),
+])
+def test_a_damaged_latest_backup_resumes_from_the_previous_one(two_epoch_run, data_dir, parse, tmp_path, capfd,
+                                                               spoil):
+    model_dir = shutil.copytree(two_epoch_run, tmp_path / "model")
+    spoil(model_dir / "backup")
+    (model_dir / "results.json").unlink()
+    results = train.run(parse(f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=3"))
+    output = capfd.readouterr().out
+    assert results["checkpoint"].endswith("epoch_003.keras")
+    # The previous backup holds epoch 1 (or the latest its epoch 2): never a fresh start.
+    assert "Epoch 1/3" not in output and "Epoch 3/3" in output
+
+
+def test_no_readable_backup_is_one_line(two_epoch_run, data_dir, parse, tmp_path):
+    model_dir = shutil.copytree(two_epoch_run, tmp_path / "model")
+    for name in ("latest.weights.h5", "latest.weights.h5.bkp"):
+        truncate(model_dir / "backup" / name)
+    (model_dir / "results.json").unlink()
+    with pytest.raises(errors.TrainingError, match=rf"^no backup in {re.escape(str(model_dir))}/backup can be read"):
+        train.run(parse(f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=3"))
+
+
+def test_the_run_is_recorded_before_anything_can_be_resumed(data_dir, parse, tmp_path, monkeypatch):
+    """A kill after the first backup but before anything else is written must not let another variant resume."""
+    model_dir = tmp_path / "model"
+    config = train.config_from_flags(parse(f"--data_dir={data_dir}", f"--model_dir={model_dir}"))
+    train.build(config)
+    record = json.loads((model_dir / "run.json").read_text())
+    assert record["variant"]["dropout"] == 0.5 and record["variant"]["lrn_k"] == 2.0
+    (model_dir / "backup").mkdir()  # What the first epoch's end leaves, before anything else.
+    with pytest.raises(errors.TrainingError) as error:
+        train.build(train.config_from_flags(parse(f"--data_dir={data_dir}", f"--model_dir={model_dir}",
+                                                  "--dropout=0.1", "--lrn_k=1")))
+    assert "--dropout=0.1 (it has 0.5); --lrn_k=1.0 (it has 2.0)" in str(error.value)
+
+
+def test_resuming_with_another_learning_rate_says_it_is_ignored(model_dir, data_dir, parse, caplog):
+    (model_dir / "results.json").unlink()
+    with caplog.at_level("WARNING"):
+        train.run(parse(f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=2", "--learning_rate=0.05"))
+    assert "--learning_rate=0.05 is ignored: this run resumes with its saved schedule, begun with " \
+           "learning_rate=0.01." in caplog.text
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_earlier_epochs(model_dir, data_dir, parse, monkeypatch):
+    from alexnet_tf import model_dir as model_dir_lib
+
+    before = contents(model_dir)
+    (model_dir / "results.json").unlink()
+    del before["results.json"]
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(model_dir_lib, "save_atomically", full)
+    with pytest.raises(errors.TrainingError, match=r"^no space left while writing .*everything up to the last "
+                                                   r"finished epoch is kept$"):
+        train.run(parse(f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=2"))
+    assert_kept({k: v for k, v in before.items() if not k.startswith(("backup", "logs"))}, model_dir)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--deterministic"], "--deterministic needs --seed"),
-    (["--cluster_timeout=0"], "--cluster_timeout must be > 0"),
+    (["--cluster_timeout=0"], "--cluster_timeout=0.0: 0.0 is not a floating point value >= 0.001"),
     (["--strategy=bogus"], "value should be one of <one_device|mirrored|towers|multi_worker>"),
-    (["--learning_rate=-1"], "--learning_rate must be > 0"),
-    (["--data_dir=/no/such/dir"], "--data_dir must be an existing directory"),
+    (["--learning_rate=-1"], "--learning_rate=-1.0: -1.0 is not a floating point value >= 1e-12"),
+    (["--mixed_precision"], "--mixed_precision was replaced by --dtype_policy=mixed_float16"),
 ])
-def test_bad_flag_values_are_named(parse, args, message):
-    FLAGS.unparse_flags()
+def test_bad_flag_values_are_named(args, message):
     with pytest.raises(flags.IllegalFlagValueError, match=re.escape(message)):
-        FLAGS(["train", *args])
+        flag_parser(train)(*args)
+
+
+@pytest.mark.parametrize("args", [["--ten_crop"], ["--checkpoint=x.keras"], ["--ensemble=a.keras"]])
+def test_the_trainer_refuses_the_evaluators_flags(args):
+    with pytest.raises(flags.UnrecognizedFlagError):
+        flag_parser(train)(*args)
 
 
 def test_an_unknown_strategy_name_is_refused():

@@ -71,13 +71,14 @@ def test_the_demo_generates_prepares_and_trains_its_first_epoch(parse, tmp_path)
     assert flag_values.towers == 2 and flag_values.width == 0.25 and flag_values.image_size == 64
 
 
-def test_mixed_precision_wraps_the_optimizer_in_loss_scaling(parse, data_dir, tmp_path):
-    flag_values = parse(*TINY, f"--data_dir={data_dir}", f"--model_dir={tmp_path}", "--mixed_precision")
-    keras.mixed_precision.set_global_policy("mixed_float16")
+@pytest.mark.parametrize("policy, loss_scaling", [("mixed_float16", True), ("mixed_bfloat16", False)])
+def test_a_mixed_dtype_policy_reaches_the_model_and_the_optimizer(parse, data_dir, tmp_path, policy, loss_scaling):
+    flag_values = parse(*TINY, f"--data_dir={data_dir}", f"--model_dir={tmp_path}", f"--dtype_policy={policy}")
     try:
-        model = train.create_model(flag_values, num_classes=4)
-        train.compile_model(model, flag_values)
-        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        trainer = train.build(train.config_from_flags(flag_values))
+        model = trainer.model
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == loss_scaling
+        assert model.get_layer("fc6").compute_dtype == policy.split("_")[1]
         assert model.output.dtype == "float32"
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -103,7 +104,7 @@ def test_pretrained_npy_gives_a_new_fc8_and_freezes_convolutions(parse, data_dir
     save_npy_weights(source, tmp_path / "source.npy")
     flag_values = parse(*TINY, f"--data_dir={data_dir}", f"--model_dir={tmp_path}",
                         f"--pretrained={tmp_path / 'source.npy'}", "--freeze_conv")
-    model = train.create_model(flag_values, num_classes=4)
+    model = train.build(train.config_from_flags(flag_values)).model
     loaded, expected = npy_weights(model), npy_weights(source)
     for name in ("conv1", "conv3", "fc7"):
         np.testing.assert_array_equal(loaded[name][0], expected[name][0])
@@ -132,7 +133,7 @@ def command(data_dir, model_dir, *extra):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--batch_size=0"], "--batch_size must be >= 1"),
+    (["--batch_size=0"], "--batch_size=0: 0 is not an integer value >= 1"),
     (["--strategy=bogus"], "flag --strategy=bogus"),
     (["--data_dir=/no/such/dir"], "python tools/prepare_imagenet.py"),
 ])

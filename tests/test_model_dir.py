@@ -1,0 +1,94 @@
+"""MODEL_DIR anywhere tf.io.gfile reaches (tested on TensorFlow's in-memory ram:// file system), whole
+checkpoints only, and one run at a time."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import pytest
+import tensorflow as tf
+
+from alexnet_tf import errors, model_dir, safeguards, train
+from tests import tiny_data
+from tests.flag_parsing import flag_parser
+
+TINY = ["--width=0.0625", "--image_size=64", "--batch_size=8", "--seed=1"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tiny_data.prepared_dataset(str(tmp_path_factory.mktemp("data")))
+
+
+def test_a_run_on_ram_keeps_everything_there_and_prunes_checkpoints(data_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # Where a path mistaken for a local one would appear, as a folder "ram:".
+    root = "ram://test_model_dir/run"
+    results = train.run(flag_parser(train)(*TINY, f"--data_dir={data_dir}", f"--model_dir={root}", "--epochs=3",
+                                           "--keep_checkpoints=1"))
+    assert os.listdir(tmp_path) == []
+    assert model_dir.checkpoints(f"{root}/checkpoints") == [f"{root}/checkpoints/epoch_003.keras"]
+    assert tf.io.gfile.listdir(f"{root}/checkpoints") == ["epoch_003.keras"]
+    assert results["checkpoint"] == f"{root}/checkpoints/epoch_003.keras"
+    with tf.io.gfile.GFile(f"{root}/results.json") as f:
+        assert json.load(f) == results
+    for name in ("conv1.png", "run.json", "export/saved_model.pb", "backup/latest.weights.h5"):
+        assert tf.io.gfile.exists(f"{root}/{name}"), name
+    assert tf.io.gfile.exists(f"{root}/logs/train") and tf.io.gfile.exists(f"{root}/logs/conv1")
+    assert not tf.io.gfile.exists(f"{root}/lock.json")  # Released at the end.
+
+
+def test_a_checkpoint_cut_off_by_a_kill_is_never_listed(tmp_path, monkeypatch):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    directory = str(tmp_path)
+    model_dir.save_atomically(model, f"{directory}/epoch_001.keras")
+
+    def killed(path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"PK\x03\x04 half a zip")  # What a kill leaves mid-write.
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(keras.Model, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        model_dir.save_atomically(model, f"{directory}/epoch_002.keras")
+    assert model_dir.checkpoints(directory) == [f"{directory}/epoch_001.keras"]
+    assert sorted(os.listdir(directory)) == [".partial-epoch_002.keras", "epoch_001.keras"]
+
+
+def test_checkpoints_sort_by_epoch_number_not_by_name(tmp_path):
+    for epoch in (9, 10, 100, 1):
+        (tmp_path / model_dir.CHECKPOINT_PATTERN.format(epoch=epoch)).write_bytes(b"")
+    (tmp_path / "epoch_7.keras.tmp").write_bytes(b"")
+    assert [os.path.basename(p) for p in model_dir.checkpoints(str(tmp_path))] == [
+        "epoch_001.keras", "epoch_009.keras", "epoch_010.keras", "epoch_100.keras"]
+
+
+def test_a_second_run_on_a_busy_model_dir_refuses_naming_the_first(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "lock.json").write_text(json.dumps({"host": os.uname().nodename, "pid": holder.pid,
+                                                        "started": "2026-12-01T10:00:00+00:00"}))
+        with pytest.raises(errors.TrainingError) as error:
+            safeguards.RunLock(str(tmp_path)).acquire()
+        assert str(error.value).startswith(f"{tmp_path} is in use by another run (process {holder.pid} on "
+                                           f"{os.uname().nodename}, since 2026-12-01T10:00:00+00:00)")
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder is gone now: its lock is stale and taken over.
+    lock = safeguards.RunLock(str(tmp_path))
+    lock.acquire()
+    assert json.loads((tmp_path / "lock.json").read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not (tmp_path / "lock.json").exists()
+
+
+def test_a_lock_of_another_host_is_not_taken_over(tmp_path):
+    (tmp_path / "lock.json").write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "then"}))
+    with pytest.raises(errors.TrainingError, match="process 1 on elsewhere"):
+        safeguards.RunLock(str(tmp_path)).acquire()
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
