@@ -4,6 +4,8 @@
     python -m alexnet_tf.evaluate --flagfile=flags/bvlc.cfg --data_dir=/data/imagenet \
         --pretrained=bvlc_alexnet.npy --ten_crop
     python -m alexnet_tf.evaluate --data_dir=/data/imagenet --ensemble=run1.keras,run2.keras,run3.keras
+    python -m alexnet_tf.evaluate --data_dir=runs/demo/data --checkpoint=runs/demo/model/checkpoints/epoch_040.keras \
+        --figures=runs/demo/figures
 
 The paper's test-time protocols (section 4.1 and section 6): one centre crop of each stored image;
 with --ten_crop, the softmax averaged over the four corner patches, the centre patch and their
@@ -17,6 +19,10 @@ layout is read into the model the flags describe. The data flags (--mean, --mean
 The numbers are printed and written as JSON beside the first model: `<model>.eval.json`, with
 `_ten_crop` and `_ensembleN` before `.json` for those protocols (so runs of each protocol keep their
 own file), or in --model_dir instead for a `.npy` file when --model_dir is given.
+
+With --figures=DIR, Figure 4 of the paper (section 6.1) is written to DIR (`alexnet_tf.figures`), and the JSON
+gains `fc7_neighbour_agreement`: over the whole validation set, the fraction of each image's six nearest
+training images (fc7 features, Euclidean) that share its class.
 
 The binary has the shape of train.py: `define_flags`, `run(flags, datasets_override)`, which tests call
 in-process with tiny data sets, and `main`.
@@ -37,7 +43,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from alexnet_tf import cli, errors, loading  # noqa: E402
+from alexnet_tf import cli, errors, figures, loading  # noqa: E402
 from alexnet_tf import model as model_lib  # noqa: E402
 from alexnet_tf import model_dir as model_dir_lib  # noqa: E402
 from alexnet_tf.data import pipeline, records, sources  # noqa: E402
@@ -52,6 +58,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     cli.define_dtype_policy_flag(fv)
     flags.DEFINE_boolean("ten_crop", False, "Average the softmax over ten crops (section 4.1).", flag_values=fv)
     flags.DEFINE_integer("batch_size", 128, "Images per evaluation step.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_string("figures", None, "Also write Figure 4 to this folder: predictions.png (eight validation images "
+                        "and their top-5 labels) and neighbours.png (five validation images and their six nearest "
+                        "training images in fc7's feature space), of the first model; adds fc7_neighbour_agreement "
+                        "to the JSON.", flag_values=fv)
     flags.DEFINE_string("model_dir", None, "Where the JSON of a .npy model's evaluation goes (default: beside it).",
                         flag_values=fv)
 
@@ -120,6 +130,11 @@ def run(flags_obj: flags.FlagValues, datasets_override: tf.data.Dataset | None =
     else:
         dataset, num_examples = datasets_override, None
     results = evaluate(models, dataset, num_examples, verbose=1 if sys.stdout.isatty() else 2)
+    if flags_obj.figures:
+        if datasets_override is not None:
+            raise errors.ConfigError("--figures needs --data_dir's training and validation splits")
+        figure = figures.figure4(models[0], data, image_size)
+        results.update(figures.write_figure4(figure, flags_obj.figures))
     results.update(models=paths, ten_crop=flags_obj.ten_crop, data_dir=data.data_dir, split=records.VALIDATION,
                    image_size=image_size, mean=data.mean, mean_rgb=data.mean_rgb, channel_order=data.channel_order)
     path = results_path(flags_obj, paths)

@@ -1,15 +1,23 @@
-"""TensorBoard summaries of the first convolution: the filter grid (the paper's Figure 3) and a Gabor score.
+"""What a training run shows in TensorBoard, and the final numbers and figures it leaves in MODEL_DIR.
 
-Keras' own `TensorBoard(write_images=True)` skips a kernel of shape 11x11x3x96, so `Conv1Summaries` writes
-the grid itself with `tf.summary.image`, together with the fraction of Gabor-like filters
-(`alexnet_tf.gabor.gabor_score`), which measures the paper's observation (section 6.1) that conv1 learns
-frequency- and orientation-selective kernels.
+Steps are finished epochs everywhere: step 0 is the initialization, step e the state after epoch e (1-based),
+for Keras' scalars (`EpochTensorBoard`, which fixes Keras' own off-by-one: it logs epoch e at step e - 1) and for
+the conv1 summaries (`Conv1Summaries`). Runs (sub-folders of the log directory, each with its own event file:
+TensorBoard reads only the newest event file of a folder, tensorflow/tensorboard#1011):
+
+- `train`, `validation`: Keras' `epoch_loss`, `epoch_top1_error`, `epoch_top5_error`, `epoch_learning_rate`
+  (the rate used during the epoch), `epoch_images_per_sec`;
+- `schedule`: `schedule/learning_rate` against the optimizer's step (batches), about 20 points an epoch, so that
+  each division by 10 reads as a step, not a slope smoothed over epochs;
+- `conv1`: `filters/conv1` (Figure 3's layout, at chosen epochs: TensorBoard keeps 10 images per tag, so step
+  0, the last epoch and up to 8 between), `filters/conv1_gabor_fraction`, `filters/conv1_oriented_fraction`,
+  `filters/conv1_colour_specificity_a` and `_b` (every epoch). The group is "filters", which TensorBoard lists
+  after Keras' "epoch_" curves;
+- `figures`: Figure 4's `figures/predictions` and `figures/neighbours`, at the last step.
 """
 
 from __future__ import annotations
 
-import math
-import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -17,111 +25,94 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from PIL import Image
-
-from alexnet_tf import gabor
+from alexnet_tf import conv1, figures
 from alexnet_tf import model as model_lib
 from alexnet_tf import model_dir as model_dir_lib
+from alexnet_tf.data import pipeline
 
-# Figure 3 of the paper: 96 filters in 8 rows of 12, the first tower's 48 in the top 4 rows.
-PAPER_GRID_COLUMNS = 12
-SEPARATOR_VALUE = 255  # White 1-pixel lines between filters (and in unused cells).
-DEFAULT_SUMMARY_SCALE = 4  # Nearest-neighbour upscaling so 11-pixel filters are visible in TensorBoard.
-SUMMARY_RUN = "conv1"  # Sub-directory of the log directory: its own TensorBoard run, see Conv1Summaries.
+SUMMARY_RUN = "conv1"
+SCHEDULE_RUN = "schedule"
+FIGURES_RUN = "figures"
+IMAGE_SAMPLES = 10  # TensorBoard's default --samples_per_plugin for images.
+LEARNING_RATE_POINTS_PER_EPOCH = 20
 
 KernelFn = Callable[[keras.Model], np.ndarray]
 
 
-def filter_grid(kernel: np.ndarray, columns: int | None = None) -> np.ndarray:
-    """Tiles the filters of a first-layer kernel into one RGB image, like Figure 3 of the paper.
-
-    Each filter is normalised independently: its values are mapped linearly so that its minimum is 0 and
-    its maximum 255 over all three channels together (so the filter's colours are kept, and the weights'
-    absolute scale, which shrinks or grows during training, is not). A constant filter is mid-grey (128).
-    Filters fill the grid row by row in output-channel order, with 1-pixel separators of SEPARATOR_VALUE.
-
-    Args:
-      kernel: [kh, kw, 3, n] (or [kh, kw, 1, n], shown grey), e.g. from `alexnet_tf.model.conv1_kernel`.
-      columns: filters per row; default `default_columns(n)` (12 for the paper's 96).
-
-    Returns:
-      uint8 [rows * (kh + 1) - 1, columns * (kw + 1) - 1, 3].
-    """
-    kernel = np.asarray(kernel, np.float64)
-    if kernel.ndim != 4 or kernel.shape[2] not in (1, 3):
-        raise ValueError(f"Expected a kernel [kh, kw, 3 or 1, filters], got shape {kernel.shape}.")
-    kh, kw, channels, count = kernel.shape
-    columns = columns or default_columns(count)
-    rows = math.ceil(count / columns)
-    grid = np.full((rows * (kh + 1) - 1, columns * (kw + 1) - 1, 3), SEPARATOR_VALUE, np.uint8)
-    for index in range(count):
-        row, column = divmod(index, columns)
-        top, left = row * (kh + 1), column * (kw + 1)
-        grid[top : top + kh, left : left + kw] = _normalised(kernel[..., index])
-    return grid
+def image_steps(epochs: int, samples: int = IMAGE_SAMPLES) -> set[int]:
+    """The steps at which the filter image is written: 0, `epochs`, and evenly spaced ones between, `samples`
+    in all at most, so that TensorBoard's reservoir keeps every one of them."""
+    return {int(round(s)) for s in np.linspace(0, epochs, num=min(samples, epochs + 1))}
 
 
-def default_columns(count: int) -> int:
-    """Filters per grid row: the paper's 12 for 96 filters, else about its 3:2 aspect ratio.
+class EpochTensorBoard(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard callback with the step of epoch e's scalars e (finished epochs), not e - 1, and the
+    learning rate that the epoch used (`logs["learning_rate"]`, set by the plateau schedule) rather than the
+    optimizer's rate at the epoch's end, which is already the next epoch's after a reduction."""
 
-    For an even count, a divisor of count / 2 is preferred, so that each tower's half fills whole rows
-    (the first tower's filters above the second's, as in the paper).
-    """
-    target = math.sqrt(1.5 * count)  # columns / rows = 3 / 2 with columns * rows = count.
-    if count % 2 == 0:
-        half_divisors = [d for d in range(1, count // 2 + 1) if (count // 2) % d == 0 and d >= target]
-        if half_divisors and half_divisors[0] <= 2 * target:
-            return half_divisors[0]
-    return math.ceil(target)
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch + 1, logs)
+
+    def _collect_learning_rate(self, logs):
+        return logs if "learning_rate" in logs else super()._collect_learning_rate(logs)
 
 
-def upscale(image: np.ndarray, factor: int) -> np.ndarray:
-    """Nearest-neighbour upscaling of an [H, W, C] image by an integer factor >= 1."""
-    if factor < 1:
-        raise ValueError(f"Upscaling factor must be >= 1, got {factor}.")
-    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+class LearningRateSteps(keras.callbacks.Callback):
+    """Writes `schedule/learning_rate` against the optimizer's step, LEARNING_RATE_POINTS_PER_EPOCH times an
+    epoch and at each epoch's first and last batch (module docstring)."""
+
+    def __init__(self, log_dir: str, is_chief: bool = True):
+        super().__init__()
+        self.log_dir, self.is_chief = log_dir, is_chief
+        self._writer: tf.summary.SummaryWriter | None = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        steps = (self.params or {}).get("steps") or 0
+        every = max(1, steps // LEARNING_RATE_POINTS_PER_EPOCH)
+        if self.is_chief and (batch % every == 0 or batch == steps - 1):
+            self._write(int(self.model.optimizer.iterations.numpy()))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.is_chief:  # The rate that the epoch's last batch used, at its step.
+            self._write(int(self.model.optimizer.iterations.numpy()) - 1, (logs or {}).get("learning_rate"))
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _write(self, step: int, rate: float | None = None) -> None:
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(model_dir_lib.join(self.log_dir, SCHEDULE_RUN))
+        rate = float(np.asarray(self.model.optimizer.learning_rate)) if rate is None else rate
+        with self._writer.as_default(step=max(step, 0)):
+            tf.summary.scalar("schedule/learning_rate", rate, description=_RATE_DESCRIPTION)
 
 
 class Conv1Summaries(keras.callbacks.Callback):
-    """Writes the conv1 filter grid and the fraction of Gabor-like filters to TensorBoard.
+    """Writes Figure 3's filter image and the conv1 measures (`alexnet_tf.conv1.measures`) to TensorBoard.
 
-    Written to the run `log_dir/conv1` (its own event file in its own directory: TensorBoard reads only
-    the newest event file of a run directory, so sharing Keras' `log_dir/train` with a second writer would
-    hide one of them; see tensorflow/tensorboard#1011), under the tags
-      - `conv1/filters`: the `filter_grid` image, upscaled `scale` times (uint8 RGB);
-      - `conv1/gabor_fraction`: `gabor.gabor_score(kernel)`, in [0, 1].
-    The step is the number of finished epochs: step 0 holds the initial filters (written at the start of
-    a fresh run, not of a resumed one), step e the filters after epoch e (1-based), every `every_n_epochs`.
-    Note that Keras' TensorBoard callback logs epoch e's metrics at step e - 1.
+    The step is the number of finished epochs: step 0 holds the initial filters (written at the start of a
+    fresh run, not of a resumed one); the measures are written after every epoch, the image at
+    `image_steps(epochs)`.
     """
 
-    def __init__(
-        self,
-        log_dir: str,
-        kernel_fn: KernelFn | None = None,
-        every_n_epochs: int = 1,
-        is_chief: bool = True,
-        scale: int = DEFAULT_SUMMARY_SCALE,
-    ):
+    def __init__(self, log_dir: str, towers: int | None = None, kernel_fn: KernelFn | None = None,
+                 is_chief: bool = True, scale: int = conv1.DEFAULT_SCALE):
         """Creates the callback.
 
         Args:
           log_dir: TensorBoard log directory (the same as Keras' TensorBoard callback's).
+          towers: 1 or 2, the layout of Figure 3; default the model's config.
           kernel_fn: model -> kernel [kh, kw, 3, n]; default `alexnet_tf.model.conv1_kernel`.
-          every_n_epochs: write after every n-th epoch, n >= 1.
           is_chief: only the chief writes; other workers do nothing.
-          scale: integer nearest-neighbour upscaling of the grid image, >= 1.
+          scale: integer nearest-neighbour upscaling of the image, >= 1.
         """
         super().__init__()
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}.")
         if scale < 1:
             raise ValueError(f"scale must be >= 1, got {scale}.")
-        self.log_dir = log_dir
+        self.log_dir, self.towers, self.is_chief, self.scale = log_dir, towers, is_chief, scale
         self.kernel_fn = kernel_fn or model_lib.conv1_kernel
-        self.every_n_epochs = every_n_epochs
-        self.is_chief = is_chief
-        self.scale = scale
         self._writer: tf.summary.SummaryWriter | None = None
         self._first_epoch_of_fit = True
 
@@ -129,15 +120,14 @@ class Conv1Summaries(keras.callbacks.Callback):
         self._first_epoch_of_fit = True
 
     def on_epoch_begin(self, epoch, logs=None):
-        # The initial filters are written here rather than in on_train_begin: a resumed fit() learns its
-        # starting epoch (and BackupAndRestore restores the weights) only once all on_train_begin ran.
+        # Written here rather than in on_train_begin: a resumed fit() learns its starting epoch (and
+        # BackupAndRestore restores the weights) only once all on_train_begin ran.
         if self._first_epoch_of_fit and epoch == 0:
             self._write(step=0)
         self._first_epoch_of_fit = False
 
     def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every_n_epochs == 0:
-            self._write(step=epoch + 1)
+        self._write(step=epoch + 1)
 
     def on_train_end(self, logs=None):
         if self._writer is not None:
@@ -148,35 +138,21 @@ class Conv1Summaries(keras.callbacks.Callback):
         if not self.is_chief:
             return
         kernel = np.asarray(self.kernel_fn(self.model))
+        towers = self.towers or model_lib.model_config(self.model).towers
         if self._writer is None:
-            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, SUMMARY_RUN))
-        image = upscale(filter_grid(kernel), self.scale)
+            self._writer = tf.summary.create_file_writer(model_dir_lib.join(self.log_dir, SUMMARY_RUN))
+        values = conv1.measures(kernel, towers)
         with self._writer.as_default(step=step):
-            tf.summary.image("conv1/filters", image[np.newaxis], description=_IMAGE_DESCRIPTION)
-            tf.summary.scalar(
-                "conv1/gabor_fraction", gabor.gabor_score(kernel), description=_SCORE_DESCRIPTION
-            )
+            if step in image_steps(self.params.get("epochs", step) if self.params else step):
+                image = conv1.figure3(kernel, towers, self.scale)
+                tf.summary.image("filters/conv1", image[np.newaxis], description=_IMAGE_DESCRIPTION)
+            tf.summary.scalar("filters/conv1_gabor_fraction", values["conv1_gabor_fraction"],
+                              description=_GABOR_DESCRIPTION)
+            tf.summary.scalar("filters/conv1_oriented_fraction", values["conv1_oriented_fraction"],
+                              description=_ORIENTED_DESCRIPTION)
+            for tower, value in values["conv1_colour_specificity"].items():
+                tf.summary.scalar(f"filters/conv1_colour_specificity_{tower}", value, description=_COLOUR_DESCRIPTION)
         self._writer.flush()
-
-
-_IMAGE_DESCRIPTION = (
-    "First-layer filters as in Figure 3 of the paper, each normalised to its own min-max range. "
-    "Step = finished epochs (0 = initialisation)."
-)
-_SCORE_DESCRIPTION = (
-    f"Fraction of conv1 filters fitted by a 2-D Gabor function with R^2 >= {gabor.GABOR_R2_THRESHOLD}. "
-    "Step = finished epochs (0 = initialisation)."
-)
-
-
-def _normalised(filter_: np.ndarray) -> np.ndarray:
-    """One filter [kh, kw, 3 or 1] mapped to uint8 [kh, kw, 3] by its own min-max range."""
-    low, high = filter_.min(), filter_.max()
-    if high == low:
-        scaled = np.full(filter_.shape, 128.0)
-    else:
-        scaled = (filter_ - low) * (255.0 / (high - low))
-    return np.broadcast_to(np.rint(scaled), filter_.shape[:2] + (3,)).astype(np.uint8)
 
 
 class Throughput(keras.callbacks.Callback):
@@ -218,19 +194,40 @@ def run_results(epochs: int, history: keras.callbacks.History, rates: Sequence[f
     }
 
 
-def write_conv1_png(kernel: np.ndarray, path: str, scale: int = DEFAULT_SUMMARY_SCALE) -> str:
-    """The conv1 filters as one grid image (as TensorBoard shows them), saved as a PNG through tf.io.gfile."""
-    with tf.io.gfile.GFile(path, "wb") as f:
-        Image.fromarray(upscale(filter_grid(kernel), scale)).save(f, format="PNG")
-    return path
-
-
-def write_final_figures(model: keras.Model, model_dir: str) -> dict[str, Any]:
-    """The figures and conv1 measures of a trained model, for results.json."""
+def write_final_figures(model: keras.Model, model_dir: str, data: pipeline.DataConfig | None,
+                        step: int) -> dict[str, Any]:
+    """conv1.png (Figure 3) and the conv1 measures; with a validation split in `data`, Figure 4 to
+    MODEL_DIR/figures and to TensorBoard at `step`. Returns the entries of results.json."""
+    towers = model_lib.model_config(model).towers
     kernel = model_lib.conv1_kernel(model)
-    return {"conv1_png": write_conv1_png(kernel, model_dir_lib.join(model_dir, model_dir_lib.CONV1_PNG)),
-            "conv1_gabor_fraction": float(gabor.gabor_score(kernel))}
+    results = {"conv1_png": conv1.write_png(conv1.figure3(kernel, towers),
+                                            model_dir_lib.join(model_dir, model_dir_lib.CONV1_PNG)),
+               **conv1.measures(kernel, towers)}
+    if data is None:
+        return results
+    figure = figures.figure4(model, data, model_lib.model_config(model).image_size)
+    results.update(figures.write_figure4(figure, model_dir_lib.join(model_dir, model_dir_lib.FIGURES)))
+    log_dir = model_dir_lib.join(model_dir, model_dir_lib.LOGS, FIGURES_RUN)
+    with tf.summary.create_file_writer(log_dir).as_default(step=step):
+        tf.summary.image("figures/predictions", figure.predictions[np.newaxis], description=_PREDICTIONS_DESCRIPTION)
+        tf.summary.image("figures/neighbours", figure.neighbours[np.newaxis], description=_NEIGHBOURS_DESCRIPTION)
+        tf.summary.scalar("figures/fc7_neighbour_agreement", figure.fc7_neighbour_agreement)
+    return results
 
 
 def _number(value) -> float | None:
     return None if value is None else float(value)
+
+
+_IMAGE_DESCRIPTION = ("First-layer filters as in Figure 3 of the paper: tower a's on the top rows, tower b's below, "
+                      "each normalised to its own min-max range. Step = finished epochs (0 = initialisation).")
+_GABOR_DESCRIPTION = "Fraction of conv1 filters that a 2-D Gabor function fits with R^2 >= 0.5."
+_ORIENTED_DESCRIPTION = ("Fraction of conv1 filters with an orientation selectivity >= 0.5 (|sum P exp(2i theta)| / "
+                         "sum P over the filter's power spectrum; 1: one orientation, 0: isotropic).")
+_COLOUR_DESCRIPTION = ("Mean share of a filter's variance off the grey axis, per tower (0: grey-level filters). "
+                       "The paper saw one tower colour-agnostic, the other colour-specific (section 6.1).")
+_RATE_DESCRIPTION = "The learning rate against the optimizer's step (batches): divisions by 10 are the steps."
+_PREDICTIONS_DESCRIPTION = ("Figure 4 (left): validation images with their five most probable labels; the correct "
+                            "label is written under each image, its bar red.")
+_NEIGHBOURS_DESCRIPTION = ("Figure 4 (right): validation images (first column) and the six training images nearest "
+                           "to each in fc7's feature space (Euclidean).")

@@ -239,8 +239,9 @@ def create_callbacks(config: TrainConfig, chief: bool
     callbacks.append(safeguards.FallbackBackupAndRestore(backup_dir, save_freq="epoch" if chief else sys.maxsize,
                                                          double_checkpoint=True, delete_checkpoint=False))
     if chief:
-        callbacks += [keras.callbacks.TensorBoard(log_dir, update_freq="epoch"),
-                      summaries.Conv1Summaries(log_dir, is_chief=chief)]
+        callbacks += [summaries.EpochTensorBoard(log_dir, update_freq="epoch"),
+                      summaries.LearningRateSteps(log_dir),
+                      summaries.Conv1Summaries(log_dir, towers=config.model.towers)]
     return callbacks, throughput, schedule
 
 
@@ -368,7 +369,8 @@ def finish(trainer: Trainer, history: keras.callbacks.History) -> dict[str, Any]
     config = trainer.config
     results = summaries.run_results(config.epochs, history, trainer.throughput.rates, config.model_dir)
     if trainer.chief:
-        results.update(summaries.write_final_figures(trainer.model, config.model_dir))
+        validated = config.data if trainer.datasets.validation is not None and config.data.data_dir else None
+        results.update(summaries.write_final_figures(trainer.model, config.model_dir, validated, config.epochs))
         export_dir = config.export_dir or model_dir_lib.join(config.model_dir, model_dir_lib.EXPORT)
         results["export_dir"] = serving.export_model(trainer.model, config.data, export_dir)["export_dir"]
         model_dir_lib.write_json(model_dir_lib.join(config.model_dir, model_dir_lib.RESULTS), results)
