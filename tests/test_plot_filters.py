@@ -37,7 +37,7 @@ def test_npy_checkpoint_gives_one_block(grouped, tmp_path):
     np.testing.assert_array_equal(loaded, kernel)
     assert towers == 1
     out = str(tmp_path / "figures" / "conv1.png")
-    assert plot_filters.write_filter_png(kernel, out, towers, scale=3) == (3 * 23, 3 * 47)
+    assert plot_filters.write_filter_png(kernel, out, towers, scale=3) == (3 * 23, 3 * 71)
     np.testing.assert_array_equal(_read_png(out), conv1.upscale(conv1.filter_grid(kernel), 3))
 
 
