@@ -249,3 +249,22 @@ _CLASSES: tuple[tuple[str, _Drawer], ...] = (
 )
 CLASS_NAMES: tuple[str, ...] = tuple(name for name, _ in _CLASSES)
 _DRAWERS: tuple[_Drawer, ...] = tuple(drawer for _, drawer in _CLASSES)
+
+
+def ensure_demo_data(data_dir: str) -> None:
+    """Generates the demo's raw images (in `data_dir`/raw) and prepares them in `data_dir`, unless prepared.
+
+    `data_dir` may be on any tf.io.gfile file system; the raw images are then drawn in a local temporary folder
+    (the same one every time, so an interrupted preparation resumes like any other).
+    """
+    import tempfile  # Imported here, with the preparation, to keep this module's imports those of drawing.
+
+    from alexnet_tf.data import prepare, records
+
+    if records.is_prepared(data_dir):
+        return
+    local = "://" not in data_dir
+    raw = os.path.join(data_dir, "raw") if local else os.path.join(tempfile.gettempdir(), "alexnet_tf_demo_raw")
+    if not os.path.isdir(raw):  # generate() writes the folder whole or not at all.
+        generate(raw)
+    prepare.prepare(raw, data_dir, stored_size=DEFAULT_SIZE, names_file=os.path.join(raw, NAMES_FILE))

@@ -8,19 +8,30 @@ Units and conventions:
     eigenvector per column. PCA colour noise (Section 4.1) on 0-255 pixels adds
     `255 * eigvec @ (alpha * eigval)` with alpha ~ N(0, 0.1) per image.
 
-A stats file is an .npz with exactly those three arrays, written by `python tools/compute_stats.py`; by default
-it lives in the prepared data directory as `stats.npz`, where the input pipeline finds it.
+A stats file is an .npz with exactly those three arrays. tools/prepare_imagenet.py writes the training set's as
+its last step to the prepared directory's `stats.npz`, where the input pipeline finds it; `python
+tools/compute_stats.py` computes it for other sources. The published ImageNet values below are used only when
+asked for by name (`PUBLISHED`).
+
+The PCA noise follows fb.resnet.torch's convention: eigenvalues of the covariance of [0, 1] pixels, times 255.
+On ImageNet the first component's shift then has a standard deviation of 255 * 0.1 * 0.2175 = 5.5 grey levels,
+about 2.2 times weaker than the noise of cuda-convnet2 (see docs/data.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
+import io
 from collections.abc import Iterable
 
 import numpy as np
+import tensorflow as tf
+
+from alexnet_tf.errors import ConfigError, DataError
 
 STATS_FILENAME = "stats.npz"
+# The name (as a stats_path) of the published ImageNet values below: asked for by name, never a silent default.
+PUBLISHED = "imagenet"
 
 # Per-channel ImageNet training-set means on the 0-255 scale (R, G, B): the VGG / Caffe values
 # (103.939, 116.779, 123.68 in Caffe's BGR order), used by Keras applications and most reproductions.
@@ -65,41 +76,64 @@ def default_stats(stored_size: int) -> Stats:
 
 
 def save_stats(path: str, stats: Stats) -> None:
-    """Writes `stats` to an .npz file atomically (temporary name, then rename)."""
-    tmp_path = path + ".tmp.npz"
-    np.savez(tmp_path, mean_image=stats.mean_image, eigval=stats.eigval, eigvec=stats.eigvec)
-    os.replace(tmp_path, path)
+    """Writes `stats` to an .npz file atomically (temporary name, then rename), on any tf.io.gfile file system."""
+    buffer = io.BytesIO()
+    np.savez(buffer, mean_image=stats.mean_image, eigval=stats.eigval, eigvec=stats.eigvec)
+    with tf.io.gfile.GFile(path + ".tmp", "wb") as f:
+        f.write(buffer.getvalue())
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
 
 
 def load_stats(path: str) -> Stats:
-    """Reads a stats file written by `save_stats`, checking shapes."""
-    with np.load(path) as data:
-        stats = Stats(
-            mean_image=data["mean_image"].astype(np.float32),
-            eigval=data["eigval"].astype(np.float32),
-            eigvec=data["eigvec"].astype(np.float32),
-        )
+    """Reads a stats file written by `save_stats`, checking shapes; DataError if it is missing or malformed."""
+    if not tf.io.gfile.exists(path):
+        raise DataError(f"{path}: no such stats file")
+    with tf.io.gfile.GFile(path, "rb") as f:
+        data = f.read()
+    try:
+        with np.load(io.BytesIO(data)) as arrays:
+            stats = Stats(
+                mean_image=arrays["mean_image"].astype(np.float32),
+                eigval=arrays["eigval"].astype(np.float32),
+                eigvec=arrays["eigvec"].astype(np.float32),
+            )
+    except (OSError, ValueError, KeyError) as error:
+        raise DataError(f"{path}: not a stats file ({error})") from None
     size = stats.mean_image.shape[0]
     if stats.mean_image.shape != (size, size, 3) or stats.eigval.shape != (3,) or stats.eigvec.shape != (3, 3):
-        raise ValueError(f"{path}: malformed stats file (mean_image {stats.mean_image.shape}, "
-                         f"eigval {stats.eigval.shape}, eigvec {stats.eigvec.shape})")
+        raise DataError(f"{path}: malformed stats file (mean_image {stats.mean_image.shape}, "
+                        f"eigval {stats.eigval.shape}, eigvec {stats.eigvec.shape})")
     return stats
 
 
-def resolve_stats(data_dir: str | None, stats_path: str | None, stored_size: int) -> Stats:
-    """The statistics a pipeline should use.
+def compute_command(data_dir: str) -> str:
+    """The command that writes `data_dir`'s statistics (a tfds: source is no folder: the file goes elsewhere)."""
+    if "://" not in data_dir and data_dir.startswith("tfds:"):
+        return f"python tools/compute_stats.py --data_dir={data_dir} --output=PATH, then pass stats_path=PATH"
+    return f"python tools/compute_stats.py --data_dir={data_dir}"
 
-    `stats_path` if given; else `<data_dir>/stats.npz` if `data_dir` is a directory holding one; else the
-    published ImageNet defaults. The mean image must match `stored_size`.
+
+def resolve_stats(data_dir: str | None, stats_path: str | None, found: str | None, stored_size: int) -> Stats:
+    """The statistics a pipeline should use; never a silent fallback from the paper's recipe.
+
+    `stats_path` if given (`PUBLISHED` = 'imagenet': ImageNet's published values, see `default_stats`); else
+    `found`, the stats file the data set carries (DATA_DIR/stats.npz); else DataError naming the command that
+    computes it (ConfigError if there is no data set either). The mean image must match `stored_size`.
     """
-    if stats_path is None and data_dir is not None and os.path.isfile(os.path.join(data_dir, STATS_FILENAME)):
-        stats_path = os.path.join(data_dir, STATS_FILENAME)
-    if stats_path is None:
+    if stats_path == PUBLISHED:
         return default_stats(stored_size)
-    stats = load_stats(stats_path)
+    path = stats_path or found
+    if path is None:
+        if data_dir is None:
+            raise ConfigError(f"no data set and no stats_path: give a stats file, or stats_path='{PUBLISHED}' "
+                              "for ImageNet's published per-channel values")
+        raise DataError(f"{data_dir}: no {STATS_FILENAME} (the training set's mean image and RGB eigenvectors, "
+                        f"Sections 2 and 4.1): compute it with {compute_command(data_dir)}; or ask for ImageNet's "
+                        f"published per-channel values with stats_path='{PUBLISHED}' (--stats_path={PUBLISHED})")
+    stats = load_stats(path)
     if stats.stored_size != stored_size:
-        raise ValueError(f"{stats_path}: mean image is {stats.stored_size} px but the images are stored at "
-                         f"{stored_size} px; recompute it with tools/compute_stats.py")
+        raise DataError(f"{path}: mean image is {stats.stored_size} px but the images are stored at "
+                        f"{stored_size} px; recompute it with tools/compute_stats.py")
     return stats
 
 
@@ -122,7 +156,7 @@ def compute_stats(batches: Iterable[np.ndarray]) -> Stats:
         outer_sum += pixels.T @ pixels
         num_images += batch.shape[0]
     if not num_images:
-        raise ValueError("compute_stats: no images")
+        raise DataError("compute_stats: no images")
     num_pixels = num_images * image_sum.shape[0] * image_sum.shape[1]
     pixel_mean = pixel_sum / num_pixels
     covariance = outer_sum / num_pixels - np.outer(pixel_mean, pixel_mean)
