@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from alexnet_tf.data import pipeline, prepare
+from alexnet_tf.data import ilsvrc, pipeline, prepare, records, sources, stats
+from alexnet_tf.errors import ConfigError, DataError
 from tests import imagenet_like
 
 STORED = 32
@@ -29,9 +30,9 @@ def _records(directory: str, split: str) -> list[tuple[int, str, bytes]]:
     rows = []
     for record in tf.data.TFRecordDataset(files).as_numpy_iterator():
         feature = tf.train.Example.FromString(record).features.feature
-        rows.append((feature[pipeline.LABEL_KEY].int64_list.value[0],
-                     feature[pipeline.FILENAME_KEY].bytes_list.value[0].decode(),
-                     feature[pipeline.ENCODED_KEY].bytes_list.value[0]))
+        rows.append((feature[records.LABEL_KEY].int64_list.value[0],
+                     os.fsdecode(feature[records.FILENAME_KEY].bytes_list.value[0]),
+                     feature[records.ENCODED_KEY].bytes_list.value[0]))
     return rows
 
 
@@ -78,7 +79,8 @@ def test_prepare_writes_shards_labels_info_and_skip_report(raw, tmp_path):
     reports = prepare.prepare(root, str(tmp_path), stored_size=STORED, images_per_shard=5, num_threads=2,
                               names_file=odd["names"])
     # 3 classes x 4 images + 5 odd files in train, one of them undecodable; 3 x 2 in val.
-    assert reports["train"].num_examples == 16 and reports["train"].skipped == [odd["truncated"]]
+    assert reports["train"].num_examples == 16 and list(reports["train"].skipped) == [odd["truncated"]]
+    assert reports["train"].skipped[odd["truncated"]].startswith("cannot decode it")
     assert reports["train"].num_shards == 4 and reports["validation"].num_shards == 2
     with open(tmp_path / "labels.txt") as f:
         assert f.read() == "0\tn01440764\ttench\n1\tn01443537\tgoldfish\n2\tn01484850\tgreat white shark\n"
@@ -87,14 +89,15 @@ def test_prepare_writes_shards_labels_info_and_skip_report(raw, tmp_path):
     assert info["stored_size"] == STORED and info["num_classes"] == 3
     assert info["splits"]["train"]["num_examples"] == 16 and info["splits"]["validation"]["num_examples"] == 6
     train = _records(str(tmp_path), "train")
-    paths, labels = pipeline.list_ilsvrc(root, "train")
+    listing = ilsvrc.list_split(root, "train")
+    paths, labels = listing.paths, listing.labels
     expected = {p: label for p, label in zip(paths, labels) if p != odd["truncated"]}
     assert {path: label for label, path, _ in train} == expected
     assert all(_decode(jpeg).shape == (STORED, STORED, 3) for _, _, jpeg in train)
     assert [label for label, _, _ in train] != sorted(label for label, _, _ in train)  # Classes are mixed.
     validation = _records(str(tmp_path), "validation")
-    assert [(label, path) for label, path, _ in validation] == list(zip(*pipeline.list_ilsvrc(
-        root, "validation")[::-1]))  # Validation keeps the sorted order.
+    listing = ilsvrc.list_split(root, "validation")
+    assert [(label, path) for label, path, _ in validation] == list(zip(listing.labels, listing.paths))  # Sorted.
 
 
 def test_interrupted_preparation_resumes_without_redoing_finished_shards(raw, tmp_path, monkeypatch):
@@ -118,8 +121,8 @@ def test_interrupted_preparation_resumes_without_redoing_finished_shards(raw, tm
     assert not (tmp_path / "train-00001-of-00004.tfrecord").exists()
     assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".tfrecord")) == [
         name[:-len(".json")] for name in done[1:]]
-    with pytest.raises(FileNotFoundError, match="prepare_imagenet.py"):
-        pipeline.make_train_dataset(str(tmp_path), 2)
+    with pytest.raises(DataError, match="prepare_imagenet.py"):
+        pipeline.make_train_dataset(pipeline.DataConfig(str(tmp_path)), 2)
     first_shard = (tmp_path / "train-00000-of-00004.tfrecord").stat().st_mtime_ns
 
     calls.clear()
@@ -132,7 +135,7 @@ def test_interrupted_preparation_resumes_without_redoing_finished_shards(raw, tm
     prepare.prepare(root, str(fresh), stored_size=STORED, images_per_shard=5, num_threads=2)
     for split in ("train", "validation"):
         assert _records(str(tmp_path), split) == _records(str(fresh), split)
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ConfigError, match="other settings"):
         prepare.prepare(root, str(tmp_path), stored_size=STORED + 1, images_per_shard=5)
 
 
@@ -148,13 +151,14 @@ def test_flat_val_folder_with_ground_truth_files(tmp_path):
                                        f"1 2 3 4\nILSVRC2012_val_00000001,{imagenet_like.WNIDS[2]} 5 6 7 8\n")
     (root / "devkit.txt").write_text("490\n361\n")
     for labels_file in ("one_per_line.txt", "solution.csv"):
-        paths, labels = pipeline.list_ilsvrc(str(root), "validation", val_labels=str(root / labels_file))
+        listing = ilsvrc.list_split(str(root), "validation", val_labels=str(root / labels_file))
+        paths, labels = listing.paths, listing.labels
         assert [os.path.basename(p) for p in paths] == ["ILSVRC2012_val_00000001.JPEG", "ILSVRC2012_val_00000002.JPEG"]
         assert labels == [2, 0]
-    with pytest.raises(ValueError, match="not in wnid order"):
-        pipeline.list_ilsvrc(str(root), "validation", val_labels=str(root / "devkit.txt"))
-    with pytest.raises(ValueError, match="ground-truth"):
-        pipeline.list_ilsvrc(str(root), "validation")
+    with pytest.raises(DataError, match="not in wnid order"):
+        ilsvrc.list_split(str(root), "validation", val_labels=str(root / "devkit.txt"))
+    with pytest.raises(DataError, match="ground-truth"):
+        ilsvrc.list_split(str(root), "validation")
 
 
 def test_tfds_source(tmp_path):
@@ -163,7 +167,7 @@ def test_tfds_source(tmp_path):
     with tfds.testing.mock_data(num_examples=5):
         reports = prepare.prepare("tfds:imagenette", str(tmp_path), stored_size=STORED, images_per_shard=4)
     assert {split: r.num_examples for split, r in reports.items()} == {"train": 5, "validation": 5}
-    assert len(pipeline.read_labels(str(tmp_path))) == 10
+    assert sources.open_source(str(tmp_path)).num_classes == 10
     assert all(_decode(jpeg).shape == (STORED, STORED, 3) for _, _, jpeg in _records(str(tmp_path), "train"))
 
 
