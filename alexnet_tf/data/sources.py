@@ -201,11 +201,10 @@ class TfdsSource(Source):
         try:
             self.builder.download_and_prepare(download_config=config)
         except AssertionError as error:  # TFDS's way of saying the manual files are missing.
-            needs = " ".join(line.strip() for line in (self.builder.MANUAL_DOWNLOAD_INSTRUCTIONS or "").splitlines()
-                             if line.strip())
+            needs = " ".join(" ".join((self.builder.MANUAL_DOWNLOAD_INSTRUCTIONS or "").split()).split(". ")[:1])
             raise DataError(f"{self.data_dir}: TFDS cannot build it from {manual_dir} "
-                            f"({str(error).splitlines()[0].strip()}). {needs or ''} Put them there or pass "
-                            "--manual_dir").replace("  ", " ") from None
+                            f"({' '.join(str(error).split()[:8])} ...): {needs}; put them there or pass "
+                            "--manual_dir") from None
 
     def encoded(self, split, *, training, seed=None, deterministic=True):
         import tensorflow_datasets as tfds
