@@ -14,6 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from alexnet_tf import errors
+
 # Section 3.3 of the paper: "k = 2, n = 5, alpha = 10^-4, and beta = 0.75".
 LRN_DEPTH = 5
 LRN_K = 2.0
@@ -62,7 +64,7 @@ class LocalResponseNormalization(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         if depth < 1 or depth % 2 == 0:
-            raise ValueError(f"LRN depth must be a positive odd number, got {depth}")
+            raise errors.ConfigError(f"LRN depth must be a positive odd number, got {depth}")
         self.depth = int(depth)
         self.k = float(k)
         self.alpha = float(alpha)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from alexnet_tf import errors
 from alexnet_tf.layers import (
     LocalResponseNormalization,
     OnDevice,
@@ -100,7 +101,7 @@ def test_lrn_caffe_convention_is_alpha_over_n():
 
 
 def test_lrn_rejects_even_depth():
-    with pytest.raises(ValueError, match="odd"):
+    with pytest.raises(errors.ConfigError, match="odd"):
         LocalResponseNormalization(depth=4)
 
 

@@ -1,13 +1,30 @@
-"""build_alexnet: parameter counts, feature-map shapes, initialization, ablations, saving."""
+"""build_alexnet and AlexNet: parameter counts, feature-map shapes, initialization, ablations, the
+config the model carries, saving."""
 
+import dataclasses
+import json
 import sys
+import zipfile
 
 import keras
 import numpy as np
 import pytest
 
 import alexnet_tf
-from alexnet_tf.model import build_alexnet, conv1_kernel, conv1_padding_pixels, inner_layer
+from alexnet_tf import errors
+from alexnet_tf.model import (
+    CONV_LAYERS,
+    AlexNet,
+    AlexNetConfig,
+    build_alexnet,
+    conv1_kernel,
+    conv1_padding_pixels,
+    conv_layers,
+    inner_layer,
+    model_config,
+    pool5_size,
+    without_placement,
+)
 
 # Per-layer parameters, kernel + bias, from the paper's layer sizes (section 3.5, Figure 2).
 GROUPED_COUNTS = {
@@ -140,13 +157,90 @@ def test_width_scales_channels_but_not_classes():
 
 
 def test_invalid_arguments():
-    for kwargs, message in [(dict(towers=3), "towers"), (dict(groups=4), "groups"),
+    for kwargs, message in [(dict(towers=3), "towers must be 1 or 2, got 3"), (dict(groups=4), "groups"),
                             (dict(towers=2, groups=1), "grouped by construction"),
-                            (dict(towers=1, tower_devices=("/CPU:0", "/CPU:1")), "towers=2"),
+                            (dict(towers=1, tower_devices=("/CPU:0", "/CPU:1")), "needs towers=2"),
+                            (dict(tower_devices=("/CPU:0",)), "two devices"),
                             (dict(pooling="avg"), "pooling"), (dict(activation="gelu"), "activation"),
-                            (dict(init="xavier"), "init")]:
-        with pytest.raises(ValueError, match=message):
+                            (dict(init="xavier"), "init"), (dict(width=0), "width"),
+                            (dict(num_classes=0), "num_classes"), (dict(lrn_depth=4), "lrn_depth"),
+                            (dict(dropout=1.0), "dropout"), (dict(conv1_padding="same"), "conv1_padding"),
+                            (dict(image_size=63), r"image_size=63 leaves no pixel after pool5")]:
+        with pytest.raises(errors.ConfigError, match=message):
             build_alexnet(**kwargs)
+
+
+def test_pool5_size_is_six_for_224_and_227_and_decides_the_smallest_image():
+    assert pool5_size(AlexNetConfig(image_size=224)) == pool5_size(AlexNetConfig(image_size=227)) == 6
+    # 64 pads conv1 by 2 to (64 + 4 - 11) // 4 + 1 = 15 -> 7 -> 3 -> 1; 63 is unpadded: 14 -> 6 -> 2 -> 0.
+    assert pool5_size(AlexNetConfig(image_size=64)) == 1
+    assert pool5_size(AlexNetConfig(image_size=67, pooling="non_overlapping")) == 1
+    with pytest.raises(errors.ConfigError, match="^AlexNetConfig: image_size=63"):
+        AlexNetConfig(image_size=63)
+
+
+def test_config_defaults_are_the_papers():
+    config = AlexNetConfig()
+    assert (config.num_classes, config.towers, config.groups, config.image_size, config.width) == (1000, 2, 2, 224, 1.0)
+    assert (config.lrn_depth, config.lrn_k, config.lrn_alpha, config.lrn_beta) == (5, 2.0, 1e-4, 0.75)
+    assert (config.pooling, config.activation, config.dropout, config.init) == ("overlapping", "relu", 0.5, "paper")
+    assert build_alexnet().config == config
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.towers = 1
+
+
+def test_build_alexnet_takes_a_config_or_arguments_not_both():
+    config = AlexNetConfig(num_classes=10, towers=1, groups=1, image_size=67, width=0.125)
+    model = build_alexnet(config=config, name="net")
+    assert isinstance(model, AlexNet) and model.config == config and model.name == "net"
+    assert inner_layer(model, "conv2").kernel.shape == (5, 5, 12, 32)
+    with pytest.raises(errors.ConfigError, match="not both.*towers, width"):
+        build_alexnet(towers=1, width=0.5, config=config)
+
+
+def test_get_config_is_the_config_fields_and_the_name_without_placement():
+    model = build_alexnet(width=0.125, image_size=67, num_classes=10, tower_devices=("/CPU:0", "/CPU:1"))
+    assert model.get_config() == {"name": "alexnet", **dataclasses.asdict(model.config)}
+    assert "tower_devices" not in model.get_config()
+    assert model.tower_devices == ("/CPU:0", "/CPU:1")
+
+
+def test_from_config_round_trip_gives_identical_logits():
+    model = build_alexnet(width=0.125, image_size=67, num_classes=10, seed=4, towers=1, lrn_k=1.0)
+    clone = AlexNet.from_config(model.get_config())
+    assert isinstance(clone, AlexNet) and clone.config == model.config
+    clone.set_weights(model.get_weights())
+    x = np.random.default_rng(0).normal(0, 50, (2, 67, 67, 3)).astype(np.float32)
+    np.testing.assert_array_equal(clone(x), model(x))
+
+
+def test_model_config_refuses_a_plain_keras_model():
+    plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)], name="old")
+    with pytest.raises(errors.ModelFileError, match="'old' is not an AlexNet.*older alexnet_tf.*save_npy_weights"):
+        model_config(plain)
+
+
+def test_conv_layers_of_every_variant_can_be_frozen():
+    for kwargs, names in [(VARIANTS["two_tower"], [c + t for c in CONV_LAYERS for t in "ab"]),
+                          (VARIANTS["dense"], list(CONV_LAYERS))]:
+        model = build_alexnet(width=0.125, image_size=67, num_classes=10, **kwargs)
+        layers = conv_layers(model)
+        assert [layer.name for layer in layers] == names
+        assert all(isinstance(layer, keras.layers.Conv2D) for layer in layers)
+        for layer in layers:
+            layer.trainable = False
+        # Only fc6, fc7 and fc8 train: their kernels and biases.
+        assert [v.path.split("/")[-2] for v in model.trainable_variables] == ["fc6", "fc6", "fc7", "fc7", "fc8", "fc8"]
+
+
+def test_without_placement_keeps_the_network_and_weights():
+    placed = build_alexnet(width=0.125, image_size=67, num_classes=10, seed=2, tower_devices=("/CPU:0", "/CPU:1"))
+    plain = without_placement(placed)
+    assert plain.tower_devices is None and plain.config == placed.config
+    assert plain.get_layer("conv2b").device is None and placed.get_layer("conv2b").device == "/CPU:1"
+    for a, b in zip(placed.get_weights(), plain.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert without_placement(plain) is plain
 
 
 def test_conv1_kernel_of_every_variant():
@@ -165,13 +259,32 @@ def test_keras_file_round_trip(tmp_path, variant):
                           tower_devices=devices, lrn_k=1.0, lrn_alpha=2e-5, **VARIANTS[variant])
     path = tmp_path / "model.keras"
     model.save(path)
-    loaded = keras.models.load_model(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
     x = np.random.default_rng(0).normal(size=(2, 67, 67, 3)).astype(np.float32) * 50
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
     lrn = inner_layer(loaded, "lrn1a" if devices else "lrn1")
     assert isinstance(lrn, alexnet_tf.LocalResponseNormalization) and lrn.alpha == 2e-5
+    # The variant comes back from the file, and placement does not: a two-GPU checkpoint loads unplaced.
+    assert isinstance(loaded, AlexNet) and loaded.config == model.config
+    assert loaded.tower_devices is None
     if devices:
-        assert loaded.get_layer("conv2b").device == "/CPU:1"
+        assert loaded.get_layer("conv2b").device is None
+
+
+def test_keras_file_records_the_variant(tmp_path):
+    model = build_alexnet(num_classes=7, towers=1, groups=2, image_size=227, width=0.125,
+                          lrn_k=1.0, lrn_alpha=2e-5, input_scale=0.5, seed=3, name="caffe")
+    path = tmp_path / "model.keras"
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        saved = json.loads(archive.read("config.json"))
+    assert saved["registered_name"] == "alexnet_tf>AlexNet"
+    expected = {"name": "caffe", "num_classes": 7, "towers": 1, "groups": 2, "image_size": 227, "width": 0.125,
+                "lrn": True, "lrn_depth": 5, "lrn_k": 1.0, "lrn_alpha": 2e-5, "lrn_beta": 0.75,
+                "pooling": "overlapping", "activation": "relu", "dropout": 0.5, "init": "paper",
+                "conv1_padding": "auto", "input_scale": 0.5, "seed": 3}
+    assert saved["config"] == expected
+    assert keras.models.load_model(path, safe_mode=True).get_config() == expected
 
 
 def test_placed_model_is_never_xla_compiled():
