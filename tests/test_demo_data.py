@@ -135,5 +135,21 @@ def test_classes_differ_by_pattern_not_by_colour(tmp_path):
     assert colour < 0.2
 
 
+def test_ensure_demo_data_generates_and_prepares_once(tmp_path, monkeypatch):
+    from alexnet_tf.data import prepare, sources
+
+    small = {k: v for k, v in SMALL.items() if k != "seed"}
+    original = demo.generate
+    monkeypatch.setattr(demo, "generate", lambda root: original(root, **small))
+    data_dir = str(tmp_path / "demo")
+    demo.ensure_demo_data(data_dir)
+    source = sources.open_source(data_dir)
+    assert isinstance(source, sources.PreparedSource) and source.stored_size == demo.DEFAULT_SIZE
+    assert source.class_names() == list(demo.CLASS_NAMES[:3]) and source.num_examples("train") == 12
+    assert os.path.exists(os.path.join(data_dir, "stats.npz"))
+    monkeypatch.setattr(prepare, "prepare", lambda *a, **k: pytest.fail("prepared again"))
+    demo.ensure_demo_data(data_dir)  # Already prepared: nothing to do.
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

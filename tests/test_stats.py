@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from alexnet_tf.data import prepare, stats
+from alexnet_tf.errors import ConfigError, DataError
 from tests import imagenet_like
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +24,7 @@ def test_compute_stats_matches_a_direct_computation():
     np.testing.assert_allclose(result.eigvec @ np.diag(result.eigval) @ result.eigvec.T, covariance, atol=1e-6)
     assert list(result.eigval) == sorted(result.eigval, reverse=True)
     np.testing.assert_allclose(result.eigvec.T @ result.eigvec, np.eye(3), atol=1e-6)
-    with pytest.raises(ValueError, match="no images"):
+    with pytest.raises(DataError, match="no images"):
         stats.compute_stats([])
 
 
@@ -43,21 +44,33 @@ def test_save_load_and_resolution_order(tmp_path):
     loaded = stats.load_stats(str(explicit))
     for field in ("mean_image", "eigval", "eigvec"):
         np.testing.assert_array_equal(getattr(loaded, field), getattr(custom, field))
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    assert stats.resolve_stats(str(data_dir), None, 8).mean_rgb[0] == pytest.approx(123.68)
-    stats.save_stats(str(data_dir / stats.STATS_FILENAME), stats.Stats(
-        np.full((8, 8, 3), 70, np.float32), custom.eigval, custom.eigvec))
-    assert stats.resolve_stats(str(data_dir), None, 8).mean_rgb[0] == 70
-    assert stats.resolve_stats(str(data_dir), str(explicit), 8).mean_rgb[0] == 50
-    with pytest.raises(ValueError, match="recompute"):
-        stats.resolve_stats(str(data_dir), None, 16)
+    found = str(tmp_path / "found.npz")
+    stats.save_stats(found, stats.Stats(np.full((8, 8, 3), 70, np.float32), custom.eigval, custom.eigvec))
+    assert stats.resolve_stats("DIR", None, found, 8).mean_rgb[0] == 70
+    assert stats.resolve_stats("DIR", str(explicit), found, 8).mean_rgb[0] == 50
+    assert stats.resolve_stats("DIR", stats.PUBLISHED, found, 8).mean_rgb[0] == pytest.approx(123.68)
+    with pytest.raises(DataError, match="recompute"):
+        stats.resolve_stats("DIR", None, found, 16)
+    # No silent fallback to the published values.
+    with pytest.raises(DataError, match="DIR: no stats.npz .* python tools/compute_stats.py --data_dir=DIR;"):
+        stats.resolve_stats("DIR", None, None, 8)
+    with pytest.raises(ConfigError, match="no data set and no stats_path"):
+        stats.resolve_stats(None, None, None, 8)
+    with pytest.raises(DataError, match="no such stats file"):
+        stats.load_stats(str(tmp_path / "absent.npz"))
+
+
+def test_save_and_load_on_ram_filesystem():
+    custom = stats.Stats(np.full((4, 4, 3), 9, np.float32), np.array([3, 2, 1], np.float32), np.eye(3, dtype=np.float32))
+    stats.save_stats("ram://stats_test/stats.npz", custom)
+    np.testing.assert_array_equal(stats.load_stats("ram://stats_test/stats.npz").mean_image, custom.mean_image)
 
 
 def test_compute_stats_tool_writes_the_file_the_pipeline_reads(tmp_path):
     raw, prepared = str(tmp_path / "raw"), str(tmp_path / "prepared")
     imagenet_like.write_ilsvrc(raw)
     prepare.prepare(raw, prepared, stored_size=16, images_per_shard=8)
+    os.remove(os.path.join(prepared, stats.STATS_FILENAME))  # Written by the preparation; the tool writes it again.
     result = subprocess.run([sys.executable, "tools/compute_stats.py", f"--data_dir={prepared}", "--max_images=10"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -67,6 +80,26 @@ def test_compute_stats_tool_writes_the_file_the_pipeline_reads(tmp_path):
     result = subprocess.run([sys.executable, "tools/compute_stats.py", f"--data_dir={tmp_path / 'absent'}"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "--data_dir" in result.stderr and "Traceback" not in result.stderr
+    # A tfds: source is no folder: the tool asks for --output instead of writing tfds:NAME/stats.npz.tmp.
+    result = subprocess.run([sys.executable, "tools/compute_stats.py", "--data_dir=tfds:imagenette"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "compute_stats: --data_dir=tfds:imagenette is not a folder to write stats.npz to: give --output=PATH, "
+        "then train with --stats_path=PATH")
+
+
+def test_preparation_writes_the_training_sets_stats(tmp_path):
+    raw, prepared = str(tmp_path / "raw"), str(tmp_path / "prepared")
+    imagenet_like.write_ilsvrc(raw)
+    prepare.prepare(raw, prepared, stored_size=16, images_per_shard=8)
+    from alexnet_tf.data import dataset_stats
+
+    written = stats.load_stats(os.path.join(prepared, stats.STATS_FILENAME))
+    again = dataset_stats.compute_dataset_stats(prepared)
+    np.testing.assert_allclose(written.mean_image, again.mean_image, atol=1e-4)
+    np.testing.assert_allclose(written.eigval, again.eigval, rtol=1e-4)
+    assert not np.allclose(written.mean_rgb, stats.IMAGENET_MEAN_RGB, atol=5)  # Its own, not ImageNet's.
 
 
 if __name__ == "__main__":
