@@ -17,6 +17,16 @@ filter's first principal colour direction: the pixels' colours are centred per c
 first principal axis, and that single-channel map is fitted. R^2 is then computed over all kh * kw * 3
 values, so colour variation off the principal axis counts as unexplained: a filter is Gabor-like only if one
 Gabor pattern in one colour direction explains it.
+
+Two further measures of section 6.1's description, without model fits:
+
+- `orientation_selectivity`: how concentrated a filter's spatial power spectrum is on one orientation
+  (1: a grating or an edge; 0: an isotropic blob or white noise), and `oriented_fraction`, the share of a
+  kernel's filters with selectivity >= 0.5.
+- `colour_specificity`: the share of a filter's variance off the grey axis (0: a grey-level filter;
+  1: a purely colour-opponent one), and `tower_colour_specificity`, its mean over each tower's filters. The
+  paper: "the kernels on GPU 1 are largely color-agnostic, while the kernels on GPU 2 are largely
+  color-specific".
 """
 
 from __future__ import annotations
@@ -35,6 +45,9 @@ _NUM_PARAMS = 9
 _LOG_SIGMA_RANGE = (np.log(0.05), np.log(1000.0))
 _FFT_SIZE = 32  # Least zero-padded FFT size for the starting frequency: 1/32 cycle/pixel resolution.
 _MAX_FUNCTION_EVALS = 40  # Per start: within 0.003 of converged R^2 on trained filters; noise wanders on.
+# The issue's threshold for an "oriented" filter (not from the paper).
+ORIENTATION_THRESHOLD = 0.5
+_GREY_AXIS = np.full(3, 1.0 / np.sqrt(3.0))
 
 
 def gabor_fit_r2(filter_: np.ndarray) -> float:
@@ -73,6 +86,106 @@ def gabor_score(kernel: np.ndarray, threshold: float = GABOR_R2_THRESHOLD) -> fl
     return float(np.mean(np.asarray(r2) >= threshold))
 
 
+def orientation_selectivity(filter_: np.ndarray) -> float:
+    """How much of one filter's spatial power lies along a single orientation, in [0, 1].
+
+    Definition: remove each colour channel's mean over the filter; take the 2-D discrete Fourier transform
+    of each channel zero-padded to N x N with N = max(32, kh, kw) (`_FFT_SIZE`), and the power spectrum
+    P(f) = sum over channels of |F_c(f)|^2 on the N x N frequencies f = (fx, fy) (numpy.fft.fftfreq, in
+    cycles per pixel, fy downwards), excluding the DC term f = 0. With theta(f) = atan2(fy, fx) the angle
+    of each frequency,
+
+        selectivity = | sum_f P(f) exp(2 i theta(f)) | / sum_f P(f).
+
+    The doubled angle makes f and -f (whose power is equal for a real filter) count as one orientation.
+    A filter whose power lies on one line through the origin of the frequency plane (a grating, an edge,
+    a Gabor function with a long envelope) scores near 1; an isotropic one (a round blob, a ring, white
+    noise in expectation) near 0; a Gabor with a short envelope somewhere in between, since its spectrum
+    spreads over neighbouring orientations. Zero padding only interpolates the spectrum; N = 32 samples
+    an 11 x 11 filter's spectrum finely enough that the number is within about 0.01 of its N -> infinity
+    limit. The value depends neither on the filter's scale nor on its mean colour.
+
+    Args:
+      filter_: [kh, kw] (one channel) or [kh, kw, channels].
+
+    Returns:
+      The selectivity, in [0, 1]; 0 for a filter that is constant in every channel.
+    """
+    values = _as_filter(filter_)
+    height, width = values.shape[:2]
+    centred = values - values.mean(axis=(0, 1))
+    size = max(_FFT_SIZE, height, width)
+    power = np.sum(np.abs(np.fft.fft2(centred, s=(size, size), axes=(0, 1))) ** 2, axis=-1)
+    power[0, 0] = 0.0  # DC: zero up to rounding after centring; excluded by definition.
+    total = float(np.sum(power))
+    if total <= np.finfo(np.float64).eps * float(np.sum(values**2)) * size * size:
+        return 0.0
+    fy = np.fft.fftfreq(size)[:, np.newaxis]
+    fx = np.fft.fftfreq(size)[np.newaxis, :]
+    doubled = np.exp(2j * np.arctan2(fy, fx))
+    return float(np.abs(np.sum(power * doubled)) / total)
+
+
+def oriented_fraction(kernel: np.ndarray, threshold: float = ORIENTATION_THRESHOLD) -> float:
+    """Fraction of the filters of a kernel [kh, kw, in_channels, filters] with orientation selectivity
+    >= threshold (see `orientation_selectivity`)."""
+    kernel = _as_kernel(kernel)
+    selectivity = [orientation_selectivity(kernel[..., i]) for i in range(kernel.shape[-1])]
+    return float(np.mean(np.asarray(selectivity) >= threshold))
+
+
+def colour_specificity(filter_: np.ndarray) -> float:
+    """Share of one RGB filter's variance that lies off the grey axis, in [0, 1].
+
+    Definition: with W the filter [kh, kw, 3] minus each channel's mean over the filter (so a uniform tint
+    does not count, as in the Gabor fit of the module docstring) and g = (1, 1, 1) / sqrt(3) the grey axis
+    of colour space,
+
+        specificity = 1 - sum_xy (W(x, y) . g)^2 / sum_xy |W(x, y)|^2.
+
+    0 for a grey-level filter (equal weights in R, G and B at every pixel, up to a constant per channel);
+    1 for a filter whose colour varies only along axes orthogonal to grey, i.e. whose channels sum to a
+    constant (colour-opponent red-green or blue-yellow, with no luminance component); 2/3 in expectation
+    for independent random weights (the grey axis is one of three equally likely dimensions).
+
+    Args:
+      filter_: [kh, kw, 3].
+
+    Returns:
+      The specificity; 0 for a filter that is constant in every channel.
+    """
+    values = _as_filter(filter_)
+    if values.shape[-1] != 3:
+        raise ValueError(f"Expected an RGB filter [kh, kw, 3], got shape {values.shape}.")
+    centred = values - values.mean(axis=(0, 1))
+    total = float(np.sum(centred**2))
+    if total <= np.finfo(np.float64).eps * float(np.sum(values**2)):
+        return 0.0
+    grey = float(np.sum((centred @ _GREY_AXIS) ** 2))
+    return float(min(1.0, max(0.0, 1.0 - grey / total)))
+
+
+def tower_colour_specificity(kernel: np.ndarray, towers: int = 2) -> dict[str, float]:
+    """Mean `colour_specificity` of each tower's filters in a conv1 kernel [kh, kw, 3, filters].
+
+    The kernel's filters are split in `towers` equal consecutive parts, named "a", "b", ... (the order of
+    `alexnet_tf.model.conv1_kernel`: tower a's filters first). The paper (section 6.1, Figure 3) reports a
+    specialization between its two GPUs, one in every run: "the kernels on GPU 1 are largely
+    color-agnostic, while the kernels on GPU 2 are largely color-specific" -- one tower low here, the
+    other high, in either order ("modulo a renumbering of the GPUs").
+    """
+    kernel = _as_kernel(kernel)
+    filters = kernel.shape[-1]
+    if towers < 1 or filters % towers:
+        raise ValueError(f"Cannot split {filters} filters into {towers} towers.")
+    per_tower = filters // towers
+    names = "abcdefghijklmnopqrstuvwxyz"
+    return {
+        names[t]: float(np.mean([colour_specificity(kernel[..., i]) for i in range(t * per_tower, (t + 1) * per_tower)]))
+        for t in range(towers)
+    }
+
+
 def gabor(params: np.ndarray, height: int, width: int) -> np.ndarray:
     """The Gabor function of the module docstring sampled on a [height, width] grid.
 
@@ -81,6 +194,22 @@ def gabor(params: np.ndarray, height: int, width: int) -> np.ndarray:
     """
     values, _ = _model_and_jacobian(np.asarray(params, np.float64), *_grid(height, width), jacobian=False)
     return values.reshape(height, width)
+
+
+def _as_filter(filter_: np.ndarray) -> np.ndarray:
+    values = np.asarray(filter_, np.float64)
+    if values.ndim == 2:
+        values = values[..., np.newaxis]
+    if values.ndim != 3:
+        raise ValueError(f"Expected a [kh, kw] or [kh, kw, channels] filter, got shape {values.shape}.")
+    return values
+
+
+def _as_kernel(kernel: np.ndarray) -> np.ndarray:
+    kernel = np.asarray(kernel)
+    if kernel.ndim != 4:
+        raise ValueError(f"Expected a kernel [kh, kw, in_channels, filters], got shape {kernel.shape}.")
+    return kernel
 
 
 def _principal_colour_profile(centred: np.ndarray) -> np.ndarray:
