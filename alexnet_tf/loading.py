@@ -1,8 +1,12 @@
 """Trained models for evaluation and export, and the paper's averaging of their softmax outputs.
 
-A model path names either a `.keras` checkpoint written by training (which holds its own
-architecture), or a `.npy` file in the bvlc_alexnet layout (`alexnet_tf.weights`), whose
-architecture the model flags describe (flags/bvlc.cfg for Caffe's published weights).
+A model path names either a `.keras` checkpoint written by training, which describes its own
+architecture (`AlexNet.get_config`), or a `.npy` file in the bvlc_alexnet layout
+(`alexnet_tf.weights`), read into the architecture the caller gives (flags/bvlc.cfg describes
+Caffe's published weights). Paths are any `tf.io.gfile` path (local, `gs://...`). Nothing here
+knows flags: the binaries pass plain values. Every file that is not such a model is refused with
+one line naming it (`errors.ModelFileError`); Keras' safe mode stays on, and a `.npy` file is
+unpickled only as far as numpy arrays go (`weights.read_npy`), so no file runs code.
 
 Predictions are averaged as the paper's test-time results are (section 4.1: "averaging the
 predictions made by the network's softmax layer on the ten patches"; section 6: "averaging the
@@ -11,78 +15,86 @@ predictions of five similar CNNs"): the softmax probabilities, never the logits.
 
 from __future__ import annotations
 
+import dataclasses
+import zipfile
 from typing import Sequence
 
 import keras
 import tensorflow as tf
-from absl import app, flags
 
-from alexnet_tf import flags as flags_lib
+from alexnet_tf import errors
 from alexnet_tf import model as model_lib
 from alexnet_tf import weights as weights_lib
-from alexnet_tf.layers import OnDevice
+from alexnet_tf.model import AlexNet, AlexNetConfig
 
 CHECKPOINT_SUFFIX = ".keras"
+WEIGHTS_SUFFIX = ".npy"
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
-def model_paths(flags_obj: flags.FlagValues) -> list[str]:
-    """The models a run reads: --checkpoint or --pretrained, then every --ensemble entry."""
-    if flags_obj.checkpoint and flags_obj.pretrained:
-        raise app.UsageError("give --checkpoint or --pretrained, not both")
-    first = flags_obj.checkpoint or flags_obj.pretrained
-    paths = ([first] if first else []) + list(flags_obj.ensemble)
-    if not paths:
-        raise app.UsageError("no model: give --checkpoint=FILE.keras, --pretrained=FILE.npy or --ensemble")
-    return paths
+def load_model(path: str, config: AlexNetConfig | None = None, *, num_classes: int | None = None) -> AlexNet:
+    """The model at `path`, unplaced and uncompiled.
 
-
-def load_model(path: str, flags_obj: flags.FlagValues) -> keras.Model:
-    """The model at `path`: a `.keras` checkpoint, or a bvlc-layout `.npy` file on the model flags.
-
-    For a `.npy` file, fc8 has --num_classes units, else as many as the file's fc8.
+    Args:
+        path: a `.keras` checkpoint (its own architecture: `config` and `num_classes` are not
+            read; comparing them with the checkpoint's `model_config` is the caller's business), or a
+            bvlc-layout `.npy` file.
+        config: for a `.npy` file, the architecture to read it into (default: the paper's).
+        num_classes: for a `.npy` file, fc8's units, replacing `config.num_classes`; None takes
+            as many as the file's fc8 has.
 
     Raises:
-        app.UsageError: the file's weights do not fit the model the flags describe.
+        errors.ModelFileError: the file is missing, a directory, neither a `.keras` checkpoint
+            of an `AlexNet` nor a safe bvlc-layout `.npy` file, or its weights do not fit
+            `config` (the message names the layer and both shapes).
     """
+    if tf.io.gfile.isdir(path):
+        raise errors.ModelFileError(f"{path} is a directory, not a {CHECKPOINT_SUFFIX} or {WEIGHTS_SUFFIX} model file")
+    if not tf.io.gfile.exists(path):
+        raise errors.ModelFileError(f"{path}: no such file")
     if path.endswith(CHECKPOINT_SUFFIX):
-        return keras.models.load_model(path, compile=False)
-    weights = weights_lib.read_npy(path)
-    num_classes = flags_obj.num_classes or len(weights["fc8"][1])
-    model = model_lib.build_alexnet(**flags_lib.model_kwargs(flags_obj, num_classes))
+        return _load_checkpoint(path)
+    if path.endswith(WEIGHTS_SUFFIX):
+        return _load_npy(path, config or AlexNetConfig(), num_classes)
+    raise errors.ModelFileError(
+        f"{path} is neither a {CHECKPOINT_SUFFIX} checkpoint nor a bvlc-layout {WEIGHTS_SUFFIX} weights file"
+    )
+
+
+def _load_checkpoint(path: str) -> AlexNet:
+    # Keras says "File not found" of a file that is there but no .keras archive: look first.
+    with tf.io.gfile.GFile(path, "rb") as f:
+        try:
+            # The magic first: zipfile's own test seeks before the start of a short GFile, which
+            # raises no OSError.
+            names = zipfile.ZipFile(f).namelist() if f.read(4) == _ZIP_MAGIC else None
+        except (zipfile.BadZipFile, OSError, tf.errors.OpError):
+            names = None
+    if names is None:
+        raise errors.ModelFileError(f"{path} is not a {CHECKPOINT_SUFFIX} checkpoint (not a readable zip archive)")
+    if "config.json" not in names:
+        raise errors.ModelFileError(f"{path} is a zip archive without config.json, not a Keras model")
     try:
-        weights_lib.load_npy_weights(model, weights)
-    except ValueError as error:
-        raise app.UsageError(f"{path} does not fit the model the flags describe: {error}") from error
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # noqa: BLE001 - Keras fails in many ways on a bad archive; all one line.
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise errors.ModelFileError(f"{path}: Keras cannot load it ({type(error).__name__}: {first_line})") from None
+    try:
+        model_lib.model_config(model)
+    except errors.ModelFileError as error:
+        raise errors.ModelFileError(f"{path}: {error}") from None
     return model
 
 
-def image_size(model: keras.Model) -> int:
-    """S, the side of the square images [batch, S, S, 3] the model reads."""
-    return int(model.input_shape[1])
-
-
-def num_classes(model: keras.Model) -> int:
-    return int(model.output_shape[-1])
-
-
-def unplaced(model: keras.Model) -> keras.Model:
-    """`model` without device placement: every `OnDevice` wrapper with device None, same weights.
-
-    Placement only matters on GPUs; a SavedModel for serving must not name devices its server may lack.
-    Returns `model` itself when nothing in it is placed.
-    """
-    if not any(isinstance(layer, OnDevice) and layer.device for layer in model.layers):
-        return model
-
-    def clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
-        config = layer.get_config()
-        if isinstance(layer, OnDevice):
-            config["device"] = None
-        return layer.__class__.from_config(config)
-
-    clone = keras.models.clone_model(model, clone_function=clone_layer)
-    clone.set_weights(model.get_weights())
-    return clone
+def _load_npy(path: str, config: AlexNetConfig, num_classes: int | None) -> AlexNet:
+    weights = weights_lib.read_npy(path)
+    classes = num_classes if num_classes is not None else len(weights["fc8"][1])
+    model = model_lib.build_alexnet(config=dataclasses.replace(config, num_classes=classes))
+    try:
+        weights_lib.load_npy_weights(model, weights)
+    except errors.ModelFileError as error:
+        raise errors.ModelFileError(f"{path} does not fit the model described: {error}") from None
+    return model
 
 
 def averaged_probabilities(models: Sequence[keras.Model], images: tf.Tensor) -> tf.Tensor:

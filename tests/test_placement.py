@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_tf.model import build_alexnet, inner_layer
+from alexnet_tf.model import build_alexnet, inner_layer, without_placement
 from alexnet_tf.optimizer import PaperSGD
 
 DEVICES = ("/CPU:0", "/CPU:1")
@@ -112,6 +112,19 @@ def test_placed_and_unplaced_models_compute_the_same_function():
     plain.set_weights(placed.get_weights())
     x = np.random.default_rng(1).normal(size=(3, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
     np.testing.assert_allclose(placed.predict(x, verbose=0), plain.predict(x, verbose=0), rtol=1e-5)
+
+
+
+def test_without_placement_pins_no_op_to_a_device():
+    placed = build_placed_model()
+    spec = tf.TensorSpec([1, IMAGE_SIZE, IMAGE_SIZE, 3])
+
+    def pinned(model):
+        graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec).graph
+        return {op.type for op in graph.get_operations() if op.device and op.type in COMPUTE_OPS}
+
+    assert pinned(placed) == {"Conv2D", "MatMul", "MaxPool"}
+    assert pinned(without_placement(placed)) == set()
 
 
 if __name__ == "__main__":
