@@ -43,13 +43,17 @@ def make_strategy(name: str, cluster_timeout: float = multi_worker.DEFAULT_TIMEO
 
 
 def tower_devices(requested: Sequence[str]) -> tuple[str, str]:
-    """The requested tower devices, or the CPU for each that this machine does not have."""
-    available = {tf.DeviceSpec.from_string(d.name).to_string() for d in tf.config.list_logical_devices()}
-    placed = []
-    for device in requested:
-        spec = tf.DeviceSpec.from_string(device)
-        full = spec.replace(job="localhost", replica=0, task=0).to_string()
-        placed.append(device if full in available else "/CPU:0")
+    """The requested tower devices, or the CPU for each that this machine does not have.
+
+    Devices are compared by type and index alone: TensorFlow names local logical devices "/device:CPU:1",
+    without the job, replica and task that a spec such as "/job:localhost/CPU:1" may carry.
+    """
+    def key(name: str) -> tuple[str, int]:
+        spec = tf.DeviceSpec.from_string(name)
+        return (spec.device_type or "").upper(), spec.device_index or 0
+
+    available = {key(d.name) for d in tf.config.list_logical_devices()}
+    placed = [device if key(device) in available else "/CPU:0" for device in requested]
     if placed != list(requested):
         logging.info("Tower devices %s not all present: towers placed on %s.", list(requested), placed)
     return placed[0], placed[1]

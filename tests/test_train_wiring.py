@@ -73,6 +73,15 @@ def test_sections_3_2_and_2_two_towers_on_their_devices(built):
         assert inner_layer(trainer.model, f"conv1{tower}").kernel.value.device.endswith(device)
 
 
+def test_tower_devices_present_are_kept_and_absent_ones_fall_back_to_the_cpu():
+    from alexnet_tf import distribute
+
+    # TensorFlow names the logical devices "/device:CPU:1", without a job: a full spec still matches.
+    assert distribute.tower_devices(["/CPU:0", "/CPU:1"]) == ("/CPU:0", "/CPU:1")
+    assert distribute.tower_devices(["/job:localhost/replica:0/task:0/device:CPU:1", "/CPU:0"])[0].endswith("CPU:1")
+    assert distribute.tower_devices(["/GPU:0", "/GPU:1"]) == ("/CPU:0", "/CPU:0")
+
+
 def test_section_3_3_lrn_constants(built):
     trainer, _ = built
     config = trainer.model.get_config()
