@@ -26,10 +26,9 @@ paths may be local, `gs://...` or `ram://...`.
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
-from typing import Any, Iterable, Mapping
+from typing import Any, BinaryIO, Iterable, Mapping
 
 import keras
 import numpy as np
@@ -83,20 +82,21 @@ def read_npy(path: str | os.PathLike) -> dict[str, list[np.ndarray]]:
     if tf.io.gfile.isdir(path):
         raise errors.ModelFileError(f"{path} is a directory, not a bvlc_alexnet-layout .npy file")
     try:
+        # Streamed, not read whole first: the published file is 233 MB.
         with tf.io.gfile.GFile(path, "rb") as f:
-            data = f.read()
+            weights = _unpickle_npy(path, f)
     except tf.errors.NotFoundError:
         raise errors.ModelFileError(f"{path}: no such file") from None
     except tf.errors.OpError as error:
         raise errors.ModelFileError(f"{path}: cannot read it ({error.message})") from None
-    return _check_layout(path, _unpickle_npy(path, data))
+    return _check_layout(path, weights)
 
 
-def _unpickle_npy(path: str, data: bytes) -> Any:
-    """The object pickled in `.npy` bytes: the header read by numpy, the payload restricted."""
-    if data.startswith(_ZIP_MAGIC):
+def _unpickle_npy(path: str, stream: BinaryIO) -> Any:
+    """The object pickled in a `.npy` stream: the header read by numpy, the payload restricted."""
+    if stream.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC:
         raise errors.ModelFileError(f"{path} is a zip archive (.npz or .keras), not a bvlc_alexnet-layout .npy file")
-    stream = io.BytesIO(data)
+    stream.seek(0)
     try:
         version = npy_format.read_magic(stream)
         read_header = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
@@ -117,6 +117,8 @@ def _unpickle_npy(path: str, data: bytes) -> Any:
             f"{path} is refused: its pickle calls {error}, and a weights file may hold only dicts, lists and "
             "numeric arrays"
         ) from None
+    except tf.errors.OpError:
+        raise  # A read error, reported by read_npy.
     except Exception as error:  # noqa: BLE001 - a corrupt pickle fails in many ways, all one line.
         raise errors.ModelFileError(f"{path} is corrupt: {type(error).__name__}: {error}") from None
     return array.item() if isinstance(array, np.ndarray) and array.dtype == object and array.shape == () else array
