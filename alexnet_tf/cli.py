@@ -38,7 +38,7 @@ def define_model_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_float("width", _DEFAULTS.width, "Scales every channel and unit count; 1.0 is the paper's.",
                        lower_bound=1e-3, upper_bound=4.0, flag_values=fv)
     flags.DEFINE_integer("image_size", _DEFAULTS.image_size, "Side of the square crops fed to the network, pixels "
-                         "(section 4.1: 224).", lower_bound=63, flag_values=fv)
+                         "(section 4.1: 224; 64 at least, for a pool5 of one pixel).", lower_bound=64, flag_values=fv)
     flags.DEFINE_integer("num_classes", None, "Classes of fc8; default: the data set's (or the .npy file's).",
                          lower_bound=2, flag_values=fv)
     flags.DEFINE_boolean("lrn", _DEFAULTS.lrn, "Local response normalization after conv1 and conv2 (section 3.3).",

@@ -34,7 +34,9 @@ CONV1_PNG = "conv1.png"
 RESULTS = "results.json"
 CHECKPOINT_PATTERN = "epoch_{epoch:03d}.keras"
 _CHECKPOINT_NAME = re.compile(r"epoch_(\d{3,})\.keras$")
-_PARTIAL_PREFIX = ".partial-"  # Keras insists on the .keras suffix, so the temporary name is a prefix.
+# Temporary names are prefixes, not suffixes: Keras insists on a checkpoint's .keras suffix, and TensorFlow's
+# ram:// file system says a file "a.json" exists while only "a.json.tmp" does (it matches names by prefix).
+_PARTIAL_PREFIX = ".partial-"
 
 
 def join(*parts: str) -> str:
@@ -50,11 +52,16 @@ def checkpoints(directory: str) -> list[str]:
     return [join(directory, name) for name in sorted(names, key=lambda n: int(_CHECKPOINT_NAME.match(n).group(1)))]
 
 
+def partial_path(path: str) -> str:
+    """The temporary name under which `path` is written before it is renamed to `path`: the same folder."""
+    directory, name = posixpath.split(path)
+    return join(directory, _PARTIAL_PREFIX + name)
+
+
 def save_atomically(model: keras.Model, path: str) -> None:
     """`model.save(path)` through a temporary name in the same directory, renamed over `path` when whole."""
-    directory, name = posixpath.split(path)
-    tf.io.gfile.makedirs(directory)
-    partial = join(directory, _PARTIAL_PREFIX + name)
+    tf.io.gfile.makedirs(posixpath.dirname(path))
+    partial = partial_path(path)
     model.save(partial)
     tf.io.gfile.rename(partial, path, overwrite=True)
 
@@ -62,7 +69,7 @@ def save_atomically(model: keras.Model, path: str) -> None:
 def write_json(path: str, value: Any) -> None:
     """Writes `value` as JSON through a temporary file renamed over `path` (readers never see half a file)."""
     tf.io.gfile.makedirs(posixpath.dirname(path) or ".")
-    partial = path + ".tmp"
+    partial = partial_path(path)
     with tf.io.gfile.GFile(partial, "w") as f:
         f.write(json.dumps(value, indent=2, sort_keys=True))
     tf.io.gfile.rename(partial, path, overwrite=True)

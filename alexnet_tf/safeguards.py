@@ -191,26 +191,34 @@ class FallbackBackupAndRestore(keras.callbacks.BackupAndRestore):
     """
 
     def on_train_begin(self, logs=None):
-        pairs = [(self._weights_path, self._training_metadata_path),
-                 (self._prev_weights_path, self._prev_training_metadata_path)]
-        present = [pair for pair in pairs if any(tf.io.gfile.exists(p) for p in pair)]
-        for weights, metadata in present:
+        latest = (self._weights_path, self._training_metadata_path)
+        previous = (self._prev_weights_path, self._prev_training_metadata_path)
+        tried = []
+        for weights, metadata in (latest, previous):
+            if not any(tf.io.gfile.exists(p) for p in (weights, metadata)):
+                continue
+            tried.append(weights)
+            if (weights, metadata) == previous:
+                # Keras loads weights only from a name ending in .weights.h5: the previous pair replaces the
+                # damaged latest one (which the next save would otherwise copy over it).
+                for source, target in zip(previous, latest):
+                    if tf.io.gfile.exists(source):
+                        tf.io.gfile.copy(source, target, overwrite=True)
+                    elif tf.io.gfile.exists(target):
+                        tf.io.gfile.remove(target)
             try:
-                epoch = self._read_epoch(metadata)
-                if tf.io.gfile.exists(weights):
+                epoch = self._read_epoch(self._training_metadata_path)
+                if tf.io.gfile.exists(self._weights_path):
                     if self.model.optimizer is not None and not self.model.optimizer.built:
                         self.model.optimizer.build(self.model.trainable_variables)
-                    self.model.load_weights(weights)
-            except (OSError, ValueError, KeyError, TypeError) as error:
-                logging.warning("The backup %s cannot be read (%s); trying the previous one.", weights,
+                    self.model.load_weights(self._weights_path)
+            except (OSError, tf.errors.OpError, ValueError, KeyError, TypeError) as error:
+                logging.warning("The backup %s cannot be read (%s).", weights,
                                 str(error).splitlines()[0] if str(error) else type(error).__name__)
                 continue
             self.model._initial_epoch = epoch
-            if weights != self._weights_path:  # The next save must not copy the damaged files over the good ones.
-                tf.io.gfile.copy(weights, self._weights_path, overwrite=True)
-                tf.io.gfile.copy(metadata, self._training_metadata_path, overwrite=True)
             return
-        if present:
+        if tried:
             raise TrainingError(f"no backup in {self.backup_dir} can be read (the latest and the previous are "
                                 "damaged): delete that folder to start over, or give a new --model_dir")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
+import posixpath
 from typing import Any
 
 import keras
@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from alexnet_tf import errors
+from alexnet_tf import errors, model_dir
 
 LR_REDUCTION_FACTOR = 0.1  # Section 5: "divide the learning rate by 10".
 MAX_LR_REDUCTIONS = 3  # Section 5: "reduced three times prior to termination".
@@ -48,7 +48,7 @@ class ScheduleConfig:
 
 _FRESH_EPOCH = -1  # The `epoch` of a state recorded before any epoch has finished.
 _STATE_FORMAT_VERSION = 1
-_PREVIOUS_SUFFIX = ".bkp"  # As Keras' BackupAndRestore names its previous backup.
+_PREVIOUS_SUFFIX = ".bkp"  # The second copy of the state file, named as Keras' BackupAndRestore names its own.
 
 
 @dataclasses.dataclass
@@ -238,7 +238,7 @@ class PlateauSchedule(keras.callbacks.Callback):
         return PlateauState()
 
     def _read(self) -> dict[int, PlateauState]:
-        """Every epoch's state from `state_path`, or from its previous version (`.bkp`) if that cannot be read."""
+        """Every epoch's state from `state_path`, or from its copy (`.bkp`) if that cannot be read."""
         paths = [p for p in (self.state_path, f"{self.state_path}{_PREVIOUS_SUFFIX}")
                  if p and tf.io.gfile.exists(p)]
         for path in paths:
@@ -260,15 +260,16 @@ class PlateauSchedule(keras.callbacks.Callback):
             "monitor": self.monitor,
             "states": {str(e): dataclasses.asdict(s) for e, s in sorted(self._history.items())},
         }
-        directory = os.path.dirname(self.state_path)
+        directory = posixpath.dirname(self.state_path)
         if directory:
             tf.io.gfile.makedirs(directory)
-        temporary = self.state_path + ".tmp"
-        with tf.io.gfile.GFile(temporary, "w") as f:
-            json.dump(content, f, indent=1)
-        if tf.io.gfile.exists(self.state_path):  # The previous version, which `_read` falls back to.
-            tf.io.gfile.copy(self.state_path, f"{self.state_path}{_PREVIOUS_SUFFIX}", overwrite=True)
-        tf.io.gfile.rename(temporary, self.state_path, overwrite=True)
+        # Two whole copies, each written atomically, the second after the first: whatever damages one file
+        # (a truncation, a bad disk block), the other is as new as Keras' backup, which is written after both.
+        for path in (self.state_path, f"{self.state_path}{_PREVIOUS_SUFFIX}"):
+            temporary = model_dir.partial_path(path)
+            with tf.io.gfile.GFile(temporary, "w") as f:
+                json.dump(content, f, indent=1)
+            tf.io.gfile.rename(temporary, path, overwrite=True)
 
 
 def _lr_variable(optimizer: keras.optimizers.Optimizer) -> keras.Variable:

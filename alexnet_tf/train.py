@@ -129,9 +129,6 @@ def config_from_flags(fv: flags.FlagValues) -> TrainConfig:
     """The flags as a TrainConfig; raises errors.ConfigError for settings that cannot work together."""
     if fv.model_dir is None:
         raise errors.ConfigError("--model_dir is required")
-    if fv.data_dir is None:
-        raise errors.ConfigError("--data_dir is required (prepare one with: python tools/prepare_imagenet.py "
-                                 "--input_dir=SRC --output_dir=DST)")
     if fv.xla and fv.strategy == "towers":
         raise errors.ConfigError("--xla: XLA ignores tf.device placement (tensorflow issue 124880), so it is "
                                  "refused with --strategy=towers")
@@ -164,6 +161,9 @@ class Datasets:
 
 def create_datasets(config: TrainConfig) -> Datasets:
     """The training set (random crops, flips, PCA noise: section 4.1) and the validation set (centre crops)."""
+    if config.data.data_dir is None:
+        raise errors.ConfigError("--data_dir is required (prepare one with: python tools/prepare_imagenet.py "
+                                 "--input_dir=SRC --output_dir=DST)")
     source = sources.open_source(config.data.data_dir)
     image_size = config.model.image_size
     train = pipeline.make_train_dataset(config.data, config.batch_size, image_size, seed=config.seed,
@@ -201,7 +201,7 @@ def load_pretrained(model: keras.Model, path: str) -> None:
         logging.info("fc8 is new: %s classes instead of the file's %d.", fc8[-1], weights["fc8"][0].shape[-1])
     try:
         weights_lib.load_npy_weights(model, weights, skip=skip)
-    except ValueError as error:  # It names the layer and both shapes.
+    except errors.ModelFileError as error:  # It names the layer and both shapes.
         raise errors.ModelFileError(f"--pretrained={path} is another model variant: {error}") from None
 
 
@@ -258,6 +258,7 @@ class Trainer:
     throughput: summaries.Throughput
     schedule: PlateauSchedule
     steps_per_epoch: int | None
+    lock: safeguards.RunLock
 
 
 def build(config: TrainConfig, strategy_override: tf.distribute.Strategy | None = None,
@@ -276,16 +277,26 @@ def build(config: TrainConfig, strategy_override: tf.distribute.Strategy | None 
     model_config = config.model
     if config.classes_from_data:
         model_config = dataclasses.replace(model_config, num_classes=datasets.num_classes)
-    safeguards.RunRecord(config.model_dir, run_variant(config, model_config), chief,
-                         settings={"learning_rate": config.optimizer.learning_rate}).check()
-    steps_per_epoch = config.steps_per_epoch
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        steps_per_epoch = in_lockstep(datasets, strategy.num_replicas_in_sync, config.batch_size, steps_per_epoch)
-    with strategy.scope():
-        model = create_model(config, model_config)
-        compile_model(model, config)
-    callbacks, throughput, schedule = create_callbacks(config, chief)
-    return Trainer(config, strategy, chief, datasets, model, callbacks, throughput, schedule, steps_per_epoch)
+    # The lock, once the data set is known to be readable and before anything is written to MODEL_DIR. Workers of
+    # a cluster share MODEL_DIR, and only the chief writes it; their restarts must not find it locked.
+    lock = safeguards.RunLock(config.model_dir)
+    if chief and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        lock.acquire()
+    try:
+        safeguards.RunRecord(config.model_dir, run_variant(config, model_config), chief,
+                             settings={"learning_rate": config.optimizer.learning_rate}).check()
+        steps_per_epoch = config.steps_per_epoch
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            steps_per_epoch = in_lockstep(datasets, strategy.num_replicas_in_sync, config.batch_size,
+                                          steps_per_epoch)
+        with strategy.scope():
+            model = create_model(config, model_config)
+            compile_model(model, config)
+        callbacks, throughput, schedule = create_callbacks(config, chief)
+    except BaseException:
+        lock.release()
+        raise
+    return Trainer(config, strategy, chief, datasets, model, callbacks, throughput, schedule, steps_per_epoch, lock)
 
 
 def run_variant(config: TrainConfig, model_config: AlexNetConfig) -> dict[str, Any]:
@@ -340,7 +351,7 @@ def train(config: TrainConfig, strategy_override: tf.distribute.Strategy | None 
     """Trains as `config` says and returns what it writes to MODEL_DIR/results.json.
 
     A run that already finished `config.epochs` epochs in MODEL_DIR is not trained again: its results are kept
-    and returned. The chief holds MODEL_DIR's lock for the whole run.
+    and returned. The chief holds MODEL_DIR's lock (`build` takes it) for the whole run.
     """
     results_path = model_dir_lib.join(config.model_dir, model_dir_lib.RESULTS)
     finished = model_dir_lib.read_json(results_path)
@@ -349,19 +360,15 @@ def train(config: TrainConfig, strategy_override: tf.distribute.Strategy | None 
         logging.warning("%s already holds this run's %d epochs: its results are kept (give more --epochs to "
                         "train on).", config.model_dir, config.epochs)
         return finished
-    lock = safeguards.RunLock(config.model_dir)
-    chief = strategy_override is None or distribute.is_chief(strategy_override)
-    if chief and config.strategy != "multi_worker":
-        lock.acquire()
+    trainer = build(config, strategy_override, datasets_override)
     try:
-        trainer = build(config, strategy_override, datasets_override)
         logging.info("Training %s (%s parameters) with %s on %d replica(s).", trainer.model.name,
                      f"{trainer.model.count_params():,}", type(trainer.strategy).__name__,
                      trainer.strategy.num_replicas_in_sync)
         history = fit(trainer)
         return finish(trainer, history)
     finally:
-        lock.release()
+        trainer.lock.release()
 
 
 def finish(trainer: Trainer, history: keras.callbacks.History) -> dict[str, Any]:

@@ -44,7 +44,7 @@ def test_a_checkpoint_cut_off_by_a_kill_is_never_listed(tmp_path, monkeypatch):
     directory = str(tmp_path)
     model_dir.save_atomically(model, f"{directory}/epoch_001.keras")
 
-    def killed(path, *args, **kwargs):
+    def killed(self, path, *args, **kwargs):
         with open(path, "wb") as f:
             f.write(b"PK\x03\x04 half a zip")  # What a kill leaves mid-write.
         raise KeyboardInterrupt

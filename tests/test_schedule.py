@@ -114,7 +114,7 @@ def test_state_file_holds_every_epoch(tmp_path):
     assert [s["learning_rate"] for _, s in sorted(content["states"].items(), key=lambda i: int(i[0]))] == [
         *EXPECTED_LR[1:], 1e-05,
     ]
-    assert not (tmp_path / "sub" / "plateau.json.tmp").exists()
+    assert not (tmp_path / "sub" / ".partial-plateau.json").exists()
 
 
 @pytest.mark.parametrize("resume_epoch", [3, 4, 7, 10])

@@ -37,8 +37,13 @@ def test_run_trains_and_writes_results(parse, data_dir, tmp_path, strategy):
         assert results[key] is not None and np.isfinite(results[key]), key
     assert 0.0 <= results["val_top1_error"] <= 1.0
     assert results["checkpoint"].endswith("epoch_002.keras") and os.path.exists(results["checkpoint"])
-    assert sorted(os.listdir(os.path.join(model_dir, "logs"))) == ["conv1", "train", "validation"]
+    assert sorted(os.listdir(os.path.join(model_dir, "logs"))) == ["conv1", "figures", "schedule", "train",
+                                                                    "validation"]
     assert results["conv1_png"] == os.path.join(model_dir, "conv1.png") and os.path.exists(results["conv1_png"])
+    for key in ("conv1_gabor_fraction", "conv1_oriented_fraction", "fc7_neighbour_agreement"):
+        assert 0.0 <= results[key] <= 1.0, key
+    assert sorted(results["conv1_colour_specificity"]) == ["a", "b"]
+    assert sorted(os.listdir(os.path.join(model_dir, "figures"))) == ["neighbours.png", "predictions.png"]
     assert results["export_dir"] == os.path.join(model_dir, "export")
     assert tf.saved_model.load(results["export_dir"]).signatures.keys() >= {"serving_default", "predict_images"}
 
@@ -49,15 +54,17 @@ def test_tensorboard_scalars_of_a_run(parse, data_dir, tmp_path):
     model_dir = tmp_path / "model"
     train.run(parse(*TINY, f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=2"))
     runs = {}
-    for run_name in ("train", "validation", "conv1"):
+    for run_name in ("train", "validation", "conv1", "schedule", "figures"):
         events = EventAccumulator(str(model_dir / "logs" / run_name))
         events.Reload()
         runs[run_name] = events.Tags()
     assert {"epoch_loss", "epoch_top1_error", "epoch_top5_error", "epoch_learning_rate",
             "epoch_images_per_sec"} <= set(runs["train"]["tensors"] + runs["train"]["scalars"])
     assert {"epoch_top1_error", "epoch_top5_error"} <= set(runs["validation"]["tensors"] + runs["validation"]["scalars"])
-    assert "conv1/gabor_fraction" in runs["conv1"]["tensors"] + runs["conv1"]["scalars"]
-    assert "conv1/filters" in runs["conv1"]["tensors"] + runs["conv1"]["images"]
+    assert {"filters/conv1_gabor_fraction", "filters/conv1_oriented_fraction", "filters/conv1_colour_specificity_a",
+            "filters/conv1_colour_specificity_b", "filters/conv1"} <= set(runs["conv1"]["tensors"])
+    assert "schedule/learning_rate" in runs["schedule"]["tensors"]
+    assert {"figures/predictions", "figures/neighbours"} <= set(runs["figures"]["tensors"])
 
 
 def test_the_demo_generates_prepares_and_trains_its_first_epoch(parse, tmp_path):
@@ -133,7 +140,7 @@ def command(data_dir, model_dir, *extra):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--batch_size=0"], "--batch_size=0: 0 is not an integer value >= 1"),
+    (["--batch_size=0"], "--batch_size=0: 0 is not a positive integer"),
     (["--strategy=bogus"], "flag --strategy=bogus"),
     (["--data_dir=/no/such/dir"], "python tools/prepare_imagenet.py"),
 ])
