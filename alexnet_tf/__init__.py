@@ -8,7 +8,7 @@
 
 from alexnet_tf import quiet
 
-quiet.import_tensorflow()  # Before anything imports TensorFlow: see alexnet_tf/quiet.py.
+quiet.import_quietly("tensorflow")  # Its import-time notices held back, and nothing else changed: quiet.py.
 
 from alexnet_tf.layers import LocalResponseNormalization, OnDevice  # noqa: E402
 from alexnet_tf.model import AlexNet, AlexNetConfig, build_alexnet, conv1_kernel  # noqa: E402

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import keras
 from absl import app, flags
 
-from alexnet_tf import errors, loading
+from alexnet_tf import errors, loading, quiet
 from alexnet_tf import model as model_lib
 from alexnet_tf.model import POOLING, AlexNetConfig
 from alexnet_tf.data.pipeline import CHANNEL_ORDERS, MEAN_MODES, DataConfig
@@ -174,15 +174,17 @@ def run_main(program: str, run: Callable[[], Any], argv: list[str], on_error: Ca
 
     A user's mistake or a fault met on the way (errors.AlexNetError) ends the program with one line on stderr,
     `program: error: message`, and the error's exit status, without a traceback. `on_error(code)` runs first
-    (the trainer's cluster shutdown).
+    (the trainer's cluster shutdown). TensorFlow's C++ noise is filtered from stderr (`quiet.quiet_binary`).
     """
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    quiet.quiet_binary()
     try:
         return run()
     except errors.AlexNetError as error:
         print(f"{program}: error: {error}", file=sys.stderr)
         if on_error is not None:
+            quiet.release()
             on_error(error.exit_code)
         sys.exit(error.exit_code)
 

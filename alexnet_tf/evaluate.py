@@ -30,28 +30,24 @@ in-process with tiny data sets, and `main`.
 
 from __future__ import annotations
 
-from alexnet_tf import quiet
+import functools
+import posixpath
+import sys
+from typing import Any, Sequence
 
-quiet.import_tensorflow()  # Before anything imports TensorFlow: see alexnet_tf/quiet.py.
+import keras
+import tensorflow as tf
+from absl import app, flags
 
-import functools  # noqa: E402
-import posixpath  # noqa: E402
-import sys  # noqa: E402
-from typing import Any, Sequence  # noqa: E402
-
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from alexnet_tf import cli, errors, figures, loading  # noqa: E402
-from alexnet_tf import model as model_lib  # noqa: E402
-from alexnet_tf import model_dir as model_dir_lib  # noqa: E402
-from alexnet_tf.data import pipeline, records, sources  # noqa: E402
-from alexnet_tf.metrics import TOP_K, TopKError  # noqa: E402
+from alexnet_tf import cli, errors, figures, loading
+from alexnet_tf import model as model_lib
+from alexnet_tf import model_dir as model_dir_lib
+from alexnet_tf.data import pipeline, records, sources
+from alexnet_tf.metrics import TOP_K, TopKError
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
-    """This binary's flags."""
+    """This binary's flags (`--help` lists them all, the shared groups of cli.py included)."""
     cli.define_model_flags(fv)
     cli.define_data_flags(fv, training=False)
     cli.define_model_file_flags(fv, ensemble=True)
@@ -64,6 +60,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                         "to the JSON.", flag_values=fv)
     flags.DEFINE_string("model_dir", None, "Where the JSON of a .npy model's evaluation goes (default: beside it).",
                         flag_values=fv)
+    flags.adopt_module_key_flags(cli, flag_values=fv)
 
 
 def evaluate(models: Sequence[keras.Model], dataset: tf.data.Dataset, num_examples: int | None = None,

@@ -12,23 +12,20 @@ the statistics.
 
 from __future__ import annotations
 
-from alexnet_tf import quiet
+from typing import Any
 
-quiet.import_tensorflow()  # Before anything imports TensorFlow: see alexnet_tf/quiet.py.
+from absl import app, flags
 
-from typing import Any  # noqa: E402
-
-from absl import app, flags  # noqa: E402
-
-from alexnet_tf import cli, errors, serving  # noqa: E402
+from alexnet_tf import cli, errors, serving
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
-    """This binary's flags."""
+    """This binary's flags (`--help` lists them all, the shared groups of cli.py included)."""
     cli.define_model_flags(fv)
     cli.define_data_flags(fv, training=False)
     cli.define_model_file_flags(fv, ensemble=False)
     flags.DEFINE_string("export_dir", None, "Where the SavedModel goes (any tf.io.gfile path).", flag_values=fv)
+    flags.adopt_module_key_flags(cli, flag_values=fv)
 
 
 def run(flags_obj: flags.FlagValues) -> dict[str, Any]:

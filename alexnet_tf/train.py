@@ -13,27 +13,23 @@ conv1.png, the SavedModel and results.json.
 
 from __future__ import annotations
 
-from alexnet_tf import quiet
+import dataclasses
+import sys
+from typing import Any
 
-quiet.import_tensorflow()  # Before anything imports TensorFlow: see alexnet_tf/quiet.py.
+import keras
+import tensorflow as tf
+from absl import app, flags, logging
 
-import dataclasses  # noqa: E402
-import sys  # noqa: E402
-from typing import Any  # noqa: E402
-
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-
-from alexnet_tf import cli, distribute, errors, loading, multi_worker, safeguards, serving, summaries  # noqa: E402
-from alexnet_tf import model as model_lib  # noqa: E402
-from alexnet_tf import model_dir as model_dir_lib  # noqa: E402
-from alexnet_tf import weights as weights_lib  # noqa: E402
-from alexnet_tf.data import demo, pipeline, records, sources  # noqa: E402
-from alexnet_tf.metrics import TOP_K, TopKError  # noqa: E402
-from alexnet_tf.model import AlexNetConfig  # noqa: E402
-from alexnet_tf.optimizer import OptimizerConfig  # noqa: E402
-from alexnet_tf.schedule import PlateauSchedule, ScheduleConfig  # noqa: E402
+from alexnet_tf import cli, distribute, errors, loading, multi_worker, safeguards, serving, summaries
+from alexnet_tf import model as model_lib
+from alexnet_tf import model_dir as model_dir_lib
+from alexnet_tf import weights as weights_lib
+from alexnet_tf.data import demo, pipeline, records, sources
+from alexnet_tf.metrics import TOP_K, TopKError
+from alexnet_tf.model import AlexNetConfig
+from alexnet_tf.optimizer import OptimizerConfig
+from alexnet_tf.schedule import PlateauSchedule, ScheduleConfig
 
 STRATEGIES = ("one_device", "mirrored", "towers", "multi_worker")
 
@@ -123,6 +119,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_boolean("freeze_conv", False, "With --pretrained, train only the fully connected layers.",
                          flag_values=fv)
     flags.DEFINE_string("export_dir", None, "Where the SavedModel goes; default MODEL_DIR/export.", flag_values=fv)
+    flags.adopt_module_key_flags(cli, flag_values=fv)
 
 
 def config_from_flags(fv: flags.FlagValues) -> TrainConfig:

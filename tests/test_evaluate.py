@@ -9,14 +9,15 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 from PIL import Image
 
-from alexnet_tf import evaluate, loading
+from alexnet_tf import cli, errors, evaluate, loading
 from alexnet_tf.data import pipeline
 from alexnet_tf.model import build_alexnet
 from alexnet_tf.weights import load_npy_weights
 from tests import colour_classifier as cc
+from tests.flag_parsing import flag_parser
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,9 +28,9 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def parse(parse):
-    """conftest's flag parser, with batches of 3."""
-    return lambda *args: parse("--batch_size=3", *args)
+def parse():
+    """The evaluation binary's flag parser, with batches of 3."""
+    return lambda *args: flag_parser(evaluate)("--batch_size=3", *args)
 
 
 def colour_checkpoint(path, scale=cc.SCALE, towers=1, roll=0):
@@ -60,9 +61,12 @@ def test_pretrained_npy_gives_the_known_errors(parse, data_dir, tmp_path, towers
 
 def test_checkpoint_with_ten_crops_writes_its_own_json_beside_it(parse, data_dir, tmp_path):
     checkpoint = colour_checkpoint(tmp_path / "epoch_001.keras", towers=2)
-    # The image size comes from the checkpoint, not from --image_size.
+    # The architecture and image size come from the checkpoint; model flags that contradict it are refused.
+    with pytest.raises(errors.ConfigError, match=r"is another architecture than the flags say: --image_size=99 "
+                                                 rf"\(it has {cc.IMAGE_SIZE}\)"):
+        evaluate.run(parse(f"--data_dir={data_dir}", f"--checkpoint={checkpoint}", "--image_size=99"))
     results = evaluate.run(parse(f"--data_dir={data_dir}", f"--checkpoint={checkpoint}", "--mean=none",
-                                 "--image_size=99", "--ten_crop"))
+                                 "--towers=2", "--ten_crop"))
     # Solid colours: the ten crops agree, so the errors are the centre crop's.
     assert (results["top1_error"], results["top5_error"]) == pytest.approx((cc.TOP1_ERROR, cc.TOP5_ERROR))
     assert results["results_path"] == checkpoint + ".eval_ten_crop.json"
@@ -72,7 +76,7 @@ def test_checkpoint_with_ten_crops_writes_its_own_json_beside_it(parse, data_dir
 def test_npy_json_goes_to_model_dir_and_ensembles_get_their_own_name(parse, tmp_path):
     flag_values = parse("--pretrained=" + cc.save_npy(str(tmp_path / "w.npy")), f"--model_dir={tmp_path / 'm'}",
                         "--ensemble=" + cc.save_npy(str(tmp_path / "v.npy")), "--ten_crop")
-    paths = loading.model_paths(flag_values)
+    paths = cli.model_paths(flag_values)
     assert paths == [str(tmp_path / "w.npy"), str(tmp_path / "v.npy")]
     assert evaluate.results_path(flag_values, paths) == str(tmp_path / "m" / "w.npy.eval_ten_crop_ensemble2.json")
 
@@ -142,7 +146,7 @@ def test_models_of_different_image_sizes_are_refused(parse, data_dir, tmp_path):
     small = colour_checkpoint(tmp_path / "a.keras")
     other = build_alexnet(num_classes=6, towers=1, width=cc.WIDTH, image_size=71, lrn=False)
     other.save(tmp_path / "b.keras")
-    with pytest.raises(app.UsageError, match="differ in image size"):
+    with pytest.raises(errors.ConfigError, match="differ in image size"):
         evaluate.run(parse(f"--data_dir={data_dir}", f"--ensemble={small},{tmp_path / 'b.keras'}", "--mean=none"))
 
 
@@ -153,8 +157,8 @@ def test_ten_crops_are_the_corners_centre_and_mirrors_of_the_stored_image(tmp_pa
     image = np.stack([3 * x, 3 * y, np.zeros_like(x)], axis=-1).astype(np.uint8)
     os.makedirs(tmp_path / "val" / "n0")
     Image.fromarray(image).save(tmp_path / "val" / "n0" / "a.png")
-    dataset = pipeline.make_eval_dataset(str(tmp_path), 1, image_size=crop, ten_crop=True, mean="none",
-                                               stored_size=size)
+    data = pipeline.DataConfig(data_dir=str(tmp_path), mean="none", stored_size=size)
+    dataset = pipeline.make_eval_dataset(data, 1, crop, ten_crop=True)
     crops = next(iter(dataset))[0].numpy()[0]
     corners = [(0, 0), (0, size - crop), (size - crop, 0), (size - crop, size - crop), ((size - crop) // 2,) * 2]
     for i, (top, left) in enumerate(corners):
@@ -164,10 +168,10 @@ def test_ten_crops_are_the_corners_centre_and_mirrors_of_the_stored_image(tmp_pa
 
 def test_flags_that_do_not_fit_are_refused(parse, data_dir, tmp_path):
     npy = cc.save_npy(str(tmp_path / "w.npy"))
-    with pytest.raises(app.UsageError, match="does not fit the model the flags describe"):
+    with pytest.raises(errors.ModelFileError, match="conv1"):
         evaluate.run(parse(*cc.FLAGS, "--width=0.25", f"--data_dir={data_dir}", f"--pretrained={npy}"))
     build_alexnet(num_classes=10, towers=1, width=cc.WIDTH, image_size=cc.IMAGE_SIZE).save(tmp_path / "ten.keras")
-    with pytest.raises(app.UsageError, match="the model has 10 classes, .* has 6"):
+    with pytest.raises(errors.ConfigError, match="the model has 10 classes, .* has 6"):
         evaluate.run(parse(f"--data_dir={data_dir}", f"--checkpoint={tmp_path / 'ten.keras'}"))
     with pytest.raises(flags.IllegalFlagValueError, match="--mean_rgb needs --mean=channel"):
         parse(f"--pretrained={npy}", "--mean_rgb=1,2,3")

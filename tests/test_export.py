@@ -9,19 +9,16 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 from PIL import Image
 
-from alexnet_tf import export, loading
-from alexnet_tf.data import pipeline
-from alexnet_tf import flags as flags_lib
-from alexnet_tf.layers import OnDevice
+from alexnet_tf import cli, errors, export, serving
+from alexnet_tf.data import ilsvrc, pipeline, records
 from alexnet_tf.model import build_alexnet
 from alexnet_tf.weights import load_npy_weights, npy_weights
 from tests import colour_classifier as cc
 from tests import imagenet_like
-
-FLAGS = flags.FLAGS
+from tests.flag_parsing import flag_parser
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOWER_DEVICES = ("/CPU:0", "/CPU:1")  # conftest.py's two logical devices.
 
@@ -61,6 +58,12 @@ except tf.errors.InvalidArgumentError as error:
 assert "alexnet_tf" not in sys.modules
 print(json.dumps(out))
 """
+
+
+@pytest.fixture
+def parse():
+    """The export binary's flag parser."""
+    return flag_parser(export)
 
 
 def encoded(image: np.ndarray, format: str, mode: str | None = None) -> bytes:
@@ -151,11 +154,10 @@ def test_serving_preprocesses_exactly_as_evaluation(parse, tmp_path):
     export.run(parse(f"--checkpoint={tmp_path / 'random.keras'}", *data, f"--export_dir={tmp_path / 'export'}"))
     served = tf.saved_model.load(str(tmp_path / "export"))
 
-    paths, _ = pipeline.list_ilsvrc(str(tmp_path / "raw"), pipeline.VALIDATION)
+    paths = ilsvrc.list_split(str(tmp_path / "raw"), records.VALIDATION).paths
     answer = served.signatures["serving_default"](images=tf.constant([open(p, "rb").read() for p in paths]))
-    images, _ = next(iter(pipeline.make_eval_dataset(
-        str(tmp_path / "raw"), 8, image_size=cc.IMAGE_SIZE, mean="channel", mean_rgb=(123, 117, 104),
-        channel_order="BGR")))
+    data = pipeline.DataConfig(str(tmp_path / "raw"), mean="channel", mean_rgb=(123, 117, 104), channel_order="BGR")
+    images, _ = next(iter(pipeline.make_eval_dataset(data, 8, cc.IMAGE_SIZE)))
     predicted = served.signatures["predict_images"](images=images)
     top = tf.math.top_k(predicted["probabilities"], 5)
     np.testing.assert_array_equal(answer["classes"], top.indices)
@@ -165,30 +167,20 @@ def test_serving_preprocesses_exactly_as_evaluation(parse, tmp_path):
     assert answer["labels"].numpy()[0, 0].decode() == cc.wnid(int(top.indices[0, 0]))  # No names file: wnids.
 
 
-def test_unplaced_keeps_the_weights_and_drops_the_devices():
-    placed = build_alexnet(num_classes=6, width=cc.WIDTH, image_size=cc.IMAGE_SIZE, seed=0,
-                           tower_devices=TOWER_DEVICES)
-    plain = loading.unplaced(placed)
-    assert {layer.device for layer in plain.layers if isinstance(layer, OnDevice)} == {None}
-    images = np.random.default_rng(0).normal(0, 50, (2, cc.IMAGE_SIZE, cc.IMAGE_SIZE, 3)).astype(np.float32)
-    np.testing.assert_allclose(plain(images), placed(images), rtol=1e-5, atol=1e-6)
-    assert loading.unplaced(plain) is plain
-
-
 def test_bvlc_cfg_describes_caffes_network_and_preprocessing(parse, tmp_path):
     flag_values = parse(f"--flagfile={os.path.join(REPO, 'flags', 'bvlc.cfg')}", "--width=0.0625")
-    kwargs = flags_lib.model_kwargs(flag_values, flag_values.num_classes)
-    assert {k: kwargs[k] for k in ("towers", "groups", "lrn", "lrn_depth", "lrn_k", "lrn_alpha", "lrn_beta",
-                                   "image_size", "num_classes")} == dict(
+    config = cli.model_config(flag_values)
+    assert {k: getattr(config, k) for k in ("towers", "groups", "lrn", "lrn_depth", "lrn_k", "lrn_alpha", "lrn_beta",
+                                            "image_size", "num_classes")} == dict(
         towers=1, groups=2, lrn=True, lrn_depth=5, lrn_k=1.0, lrn_alpha=2e-5, lrn_beta=0.75, image_size=227,
         num_classes=1000)
-    model = build_alexnet(**kwargs)
+    model = build_alexnet(config=config)
     assert model.get_layer("conv1").output.shape[1:3] == (55, 55)  # VALID: no padding layer at 227.
     assert "conv1_pad" not in [layer.name for layer in model.layers]
     # Caffe's input: BGR minus the mean pixel (104, 117, 123), for any image size.
-    preprocess = pipeline.make_eval_transform(
-        None, image_size=flag_values.image_size, mean=flag_values.mean, mean_rgb=flags_lib.mean_rgb(flag_values),
-        channel_order=flag_values.channel_order, any_image=True)
+    data = cli.data_config(flag_values)
+    assert (data.mean, data.mean_rgb, data.channel_order) == ("channel", (123.0, 117.0, 104.0), "BGR")
+    preprocess = pipeline.make_eval_transform(data, config.image_size, any_image=True)
     rgb = np.array([10, 200, 250], np.uint8)
     image = preprocess(tf.constant(encoded(np.broadcast_to(rgb, (300, 240, 3)).copy(), "PNG"))).numpy()
     assert image.shape == (227, 227, 3)
@@ -234,18 +226,19 @@ def caffe_forward(weights, images, lrn_k, lrn_alpha_over_n, lrn_groups):
     return dense(dense(dense(x, "fc6"), "fc7"), "fc8", relu=False)
 
 
-@pytest.mark.parametrize("flagfile, lrn_k, lrn_alpha_over_n, lrn_groups", [
-    ("bvlc.cfg", 1.0, 1e-4 / 5, 1),  # Caffe's own numbers: alpha 1e-4 over n = 5, k = 1.
-    ("paper.cfg", 2.0, 1e-4, 2),  # Section 3.3: k = 2, alpha 1e-4 on the sum, within each tower.
+@pytest.mark.parametrize("flags, lrn_k, lrn_alpha_over_n, lrn_groups", [
+    # Caffe's own numbers: alpha 1e-4 over n = 5, k = 1.
+    ([f"--flagfile={os.path.join(REPO, 'flags', 'bvlc.cfg')}"], 1.0, 1e-4 / 5, 1),
+    # The defaults are the paper's (section 3.3): k = 2, alpha 1e-4 on the sum, within each of the two towers.
+    (["--mean=none"], 2.0, 1e-4, 2),
 ])
-def test_predict_images_reproduces_caffes_forward_pass(parse, tmp_path, flagfile, lrn_k, lrn_alpha_over_n,
-                                                       lrn_groups):
+def test_predict_images_reproduces_caffes_forward_pass(parse, tmp_path, flags, lrn_k, lrn_alpha_over_n, lrn_groups):
     rng = np.random.default_rng(4)
     source = build_alexnet(num_classes=10, towers=1, groups=2, image_size=227, width=0.0625, init="he", seed=4)
     weights = {name: [w, rng.normal(0, 0.1, b.shape).astype(np.float32)]
                for name, (w, b) in npy_weights(source).items()}
     np.save(tmp_path / "w.npy", weights, allow_pickle=True)
-    export.run(parse(f"--flagfile={os.path.join(REPO, 'flags', flagfile)}", "--width=0.0625", "--image_size=227",
+    export.run(parse(*flags, "--width=0.0625", "--image_size=227",
                      "--num_classes=10", f"--pretrained={tmp_path / 'w.npy'}", f"--export_dir={tmp_path / 'e'}"))
     images = rng.normal(0, 60, (2, 227, 227, 3)).astype(np.float32)
     logits = tf.saved_model.load(str(tmp_path / "e")).signatures["predict_images"](images=images)["logits"]
@@ -255,15 +248,16 @@ def test_predict_images_reproduces_caffes_forward_pass(parse, tmp_path, flagfile
 
 def test_bad_requests_for_export_are_refused(parse, tmp_path):
     npy = cc.save_npy(str(tmp_path / "w.npy"))
-    with pytest.raises(app.UsageError, match="--export_dir is required"):
+    with pytest.raises(errors.ConfigError, match="--export_dir is required"):
         export.run(parse(*cc.FLAGS, f"--pretrained={npy}"))
-    with pytest.raises(app.UsageError, match="--ensemble is for evaluation"):
-        export.run(parse(*cc.FLAGS, f"--pretrained={npy}", f"--ensemble={npy}", f"--export_dir={tmp_path}"))
+    with pytest.raises(flags.UnrecognizedFlagError):  # One model: --ensemble is the evaluator's.
+        parse(*cc.FLAGS, f"--pretrained={npy}", f"--ensemble={npy}", f"--export_dir={tmp_path}")
     os.makedirs(tmp_path / "raw" / "val" / "n0")
-    with pytest.raises(app.UsageError, match="the model has 6 classes, .* names 1"):
+    (tmp_path / "raw" / "val" / "n0" / "a.png").write_bytes(encoded(solid(cc.RED, 8, 8), "PNG"))
+    with pytest.raises(errors.ConfigError, match="the model has 6 classes, .* names 1"):
         export.run(parse(*cc.FLAGS, f"--pretrained={npy}", f"--data_dir={tmp_path / 'raw'}",
                          f"--export_dir={tmp_path / 'e'}"))
-    assert export.class_names(None, 3) == ["0", "1", "2"]
+    assert serving.class_names(None, 3) == ["0", "1", "2"]
 
 
 if __name__ == "__main__":

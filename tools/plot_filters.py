@@ -16,10 +16,6 @@ import sys
 if __package__ in (None, ""):  # Run as `python tools/plot_filters.py`: make the repository importable.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from alexnet_tf import quiet  # noqa: E402
-
-quiet.import_tensorflow()
-
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
