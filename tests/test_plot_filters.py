@@ -70,7 +70,7 @@ def test_command_line_as_a_module(grouped, tmp_path):
     "args, message",
     [
         (["--checkpoint=missing.npy", "--out=x.png"], "plot_filters: error: missing.npy"),
-        (["--checkpoint=CHECKPOINT", "--out=x.png", "--scale=0"], "--scale=0: 0 is not an integer value >= 1"),
+        (["--checkpoint=CHECKPOINT", "--out=x.png", "--scale=0"], "--scale=0: 0 is not a positive integer"),
         (["--checkpoint=CHECKPOINT", "--out=x.jpg"], "--out must name a .png file"),
     ],
 )
