@@ -27,12 +27,12 @@ import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 
 from alexnet_tf import model_dir as model_dir_lib
+from alexnet_tf.metrics import TOP_K
 from alexnet_tf.data import pipeline, records, sources
 
 NEIGHBOURS = 6  # Section 6.1: "the six training images".
 PREDICTION_IMAGES = 8  # Figure 4 (left): eight test images.
 NEIGHBOUR_QUERIES = 5  # Figure 4 (right): five test images.
-TOP_K = 5
 TILE = 128  # Pixels of each image in the figures.
 # Training images whose features are searched: ImageNet's 1.28 million at 4096 floats would need 21 GB, so a
 # sample (prepared shards are shuffled, so the first images are a random sample). The demo's 3,000 all fit.
@@ -181,14 +181,14 @@ def predictions_figure(images: np.ndarray, probabilities: np.ndarray, labels: np
     Returns: uint8 RGB [height, N * column width, 3].
     """
     column, line = TILE + 40, 16
-    height = TILE + line * (TOP_K + 2) + 8
+    height = TILE + line * (TOP_K[-1] + 2) + 8
     canvas = Image.new("RGB", (column * len(images), height), _BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     for i, (image, p, label) in enumerate(zip(images, probabilities, labels)):
         left = i * column + 20
         canvas.paste(_tile(image), (left, 0))
         draw.text((left, TILE + 2), _fit(names[label], TILE), fill=_TEXT, font=_FONT)
-        for rank, cls in enumerate(np.argsort(-p, kind="stable")[:TOP_K]):
+        for rank, cls in enumerate(np.argsort(-p, kind="stable")[:TOP_K[-1]]):
             top = TILE + line * (rank + 1) + 6
             width = max(1, int(round(float(p[cls]) * TILE)))
             colour = _CORRECT if cls == label else _OTHER

@@ -85,7 +85,7 @@ def test_compute_stats_tool_writes_the_file_the_pipeline_reads(tmp_path):
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        "compute_stats: --data_dir=tfds:imagenette is not a folder to write stats.npz to: give --output=PATH, "
+        "compute_stats: error: --data_dir=tfds:imagenette is not a folder to write stats.npz to: give --output=PATH, "
         "then train with --stats_path=PATH")
 
 

@@ -71,7 +71,7 @@ def test_prepare_from_tfds_imagenet2012_tars_offline(tmp_path):
     result = _run(tfds_dir, f"--output_dir={out}")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     error = result.stderr.strip().splitlines()[-1]
-    assert error.startswith("prepare_imagenet: tfds:imagenet2012: TFDS cannot build it from "
+    assert error.startswith("prepare_imagenet: error: tfds:imagenet2012: TFDS cannot build it from "
                             f"{os.path.join(tfds_dir, 'downloads', 'manual')}") and "ILSVRC2012_img_train.tar" in error
     assert not os.path.exists(out)
 

@@ -18,7 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 
 from alexnet_tf.data import dataset_stats, records, sources, stats  # noqa: E402
-from alexnet_tf.errors import AlexNetError, ConfigError  # noqa: E402
+from alexnet_tf import cli  # noqa: E402
+from alexnet_tf.errors import ConfigError  # noqa: E402
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Prepared data set, ILSVRC folder or tfds:NAME.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, f"Stats file to write; default DATA_DIR/{stats.STATS_FILENAME} "
@@ -45,16 +46,16 @@ def output_path(data_dir: str, output: str | None) -> str:
     return records.join(data_dir, stats.STATS_FILENAME)
 
 
+def compute(data_dir: str, output: str | None) -> tuple[str, stats.Stats]:
+    output = output_path(data_dir, output)
+    result = dataset_stats.compute_dataset_stats(data_dir, batch_size=_BATCH_SIZE.value,
+                                                 max_images=_MAX_IMAGES.value, stored_size=_STORED_SIZE.value)
+    stats.save_stats(output, result)
+    return output, result
+
+
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        sys.exit(f"compute_stats: unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        output = output_path(_DATA_DIR.value, _OUTPUT.value)
-        result = dataset_stats.compute_dataset_stats(_DATA_DIR.value, batch_size=_BATCH_SIZE.value,
-                                                     max_images=_MAX_IMAGES.value, stored_size=_STORED_SIZE.value)
-        stats.save_stats(output, result)
-    except AlexNetError as error:
-        sys.exit(f"compute_stats: {error}")
+    output, result = cli.run_main("compute_stats", lambda: compute(_DATA_DIR.value, _OUTPUT.value), argv)
     logging.info("Wrote %s", output)
     print(f"{output}: per-channel mean {[round(float(v), 2) for v in result.mean_rgb]}, "
           f"eigenvalues {[round(float(v), 4) for v in result.eigval]}")

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 
 from alexnet_tf.data import prepare, records, sources  # noqa: E402
-from alexnet_tf.errors import AlexNetError  # noqa: E402
+from alexnet_tf import cli  # noqa: E402
 
 _INPUT_DIR = flags.DEFINE_string("input_dir", None, "ILSVRC-layout folder (train/, val/) or tfds:NAME.",
                                  required=True)
@@ -56,16 +56,11 @@ for _name in ("val_labels", "names_file"):
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        sys.exit(f"prepare_imagenet: unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        reports = prepare.prepare(
-            _INPUT_DIR.value, _OUTPUT_DIR.value, stored_size=_STORED_SIZE.value, jpeg_quality=_JPEG_QUALITY.value,
-            images_per_shard=_IMAGES_PER_SHARD.value, num_threads=_NUM_THREADS.value or None,
-            val_labels=_VAL_LABELS.value, names_file=_NAMES_FILE.value, seed=_SEED.value,
-            manual_dir=_MANUAL_DIR.value, max_file_bytes=int(_MAX_FILE_MB.value * 2**20))
-    except AlexNetError as error:
-        sys.exit(f"prepare_imagenet: {error}")
+    reports = cli.run_main("prepare_imagenet", lambda: prepare.prepare(
+        _INPUT_DIR.value, _OUTPUT_DIR.value, stored_size=_STORED_SIZE.value, jpeg_quality=_JPEG_QUALITY.value,
+        images_per_shard=_IMAGES_PER_SHARD.value, num_threads=_NUM_THREADS.value or None,
+        val_labels=_VAL_LABELS.value, names_file=_NAMES_FILE.value, seed=_SEED.value,
+        manual_dir=_MANUAL_DIR.value, max_file_bytes=int(_MAX_FILE_MB.value * 2**20)), argv)
     for split, report in reports.items():
         logging.info("%s: %d images in %d shards, %d skipped", split, report.num_examples, report.num_shards,
                      len(report.skipped))
