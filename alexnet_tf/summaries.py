@@ -5,10 +5,10 @@ for Keras' scalars (`EpochTensorBoard`, which fixes Keras' own off-by-one: it lo
 the conv1 summaries (`Conv1Summaries`). Runs (sub-folders of the log directory, each with its own event file:
 TensorBoard reads only the newest event file of a folder, tensorflow/tensorboard#1011):
 
-- `train`, `validation`: Keras' `epoch_loss`, `epoch_top1_error`, `epoch_top5_error`, `epoch_learning_rate`
-  (the rate used during the epoch), `epoch_images_per_sec`;
-- `schedule`: `schedule/learning_rate` against the optimizer's step (batches), about 20 points an epoch, so that
-  each division by 10 reads as a step, not a slope smoothed over epochs;
+- `train`, `validation`: `errors/loss`, `errors/top1`, `errors/top5` (the two runs overlaid in each chart),
+  and for `train` `schedule/learning_rate` (the rate used during the epoch) and `throughput/images_per_sec`;
+- `schedule`: `schedule/learning_rate_by_batch` against the optimizer's step (batches), about 20 points an
+  epoch, so that each division by 10 reads as a step, not a slope smoothed over epochs;
 - `conv1`: `filters/conv1` (Figure 3's layout, at chosen epochs: TensorBoard keeps 10 images per tag, so step
   0, the last epoch and up to 8 between), `filters/conv1_gabor_fraction`, `filters/conv1_oriented_fraction`,
   `filters/conv1_colour_specificity_a` and `_b` (every epoch). The group is "filters", which TensorBoard lists
@@ -33,6 +33,10 @@ from alexnet_tf.data import pipeline
 SUMMARY_RUN = "conv1"
 SCHEDULE_RUN = "schedule"
 FIGURES_RUN = "figures"
+# Keras' log keys -> TensorBoard tags. TensorBoard sorts groups (the part before "/") by name and opens the
+# first ones: "errors" comes before "filters", "schedule" and "throughput".
+EPOCH_TAGS = {"loss": "errors/loss", "top1_error": "errors/top1", "top5_error": "errors/top5",
+              "learning_rate": "schedule/learning_rate", "images_per_sec": "throughput/images_per_sec"}
 IMAGE_SAMPLES = 10  # TensorBoard's default --samples_per_plugin for images.
 LEARNING_RATE_POINTS_PER_EPOCH = 20
 
@@ -46,15 +50,35 @@ def image_steps(epochs: int, samples: int = IMAGE_SAMPLES) -> set[int]:
 
 
 class EpochTensorBoard(keras.callbacks.TensorBoard):
-    """Keras' TensorBoard callback with the step of epoch e's scalars e (finished epochs), not e - 1, and the
-    learning rate that the epoch used (`logs["learning_rate"]`, set by the plateau schedule) rather than the
-    optimizer's rate at the epoch's end, which is already the next epoch's after a reduction."""
+    """Keras' TensorBoard callback with three changes that make its curves read right:
+
+    - epoch e's scalars at step e (finished epochs), not e - 1, as the conv1 summaries;
+    - the learning rate the epoch used (`logs["learning_rate"]`, set by the plateau schedule), not the
+      optimizer's rate at the epoch's end, which is already the next epoch's after a reduction;
+    - tags grouped so that TensorBoard opens on the curves (`EPOCH_TAGS`: "errors/top1", "errors/top5",
+      "errors/loss", train and validation in one chart each), and no `evaluation_*_vs_iterations` copies of the
+      validation scalars against another step.
+    """
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch + 1, logs)
 
+    def on_test_end(self, logs=None):
+        self._pop_writer()
+
     def _collect_learning_rate(self, logs):
         return logs if "learning_rate" in logs else super()._collect_learning_rate(logs)
+
+    def _log_epoch_metrics(self, epoch, logs):
+        if not logs:
+            return
+        train = self._collect_learning_rate({k: v for k, v in logs.items() if not k.startswith("val_")})
+        validation = {k[len("val_"):]: v for k, v in logs.items() if k.startswith("val_")}
+        for writer, values in ((self._train_writer, train), (self._val_writer, validation)):
+            with writer.as_default():
+                for name, value in values.items():
+                    tf.summary.scalar(EPOCH_TAGS.get(name, f"epoch/{name}"), value, step=epoch)
+            writer.flush()
 
 
 class LearningRateSteps(keras.callbacks.Callback):
@@ -86,7 +110,7 @@ class LearningRateSteps(keras.callbacks.Callback):
             self._writer = tf.summary.create_file_writer(model_dir_lib.join(self.log_dir, SCHEDULE_RUN))
         rate = float(np.asarray(self.model.optimizer.learning_rate)) if rate is None else rate
         with self._writer.as_default(step=max(step, 0)):
-            tf.summary.scalar("schedule/learning_rate", rate, description=_RATE_DESCRIPTION)
+            tf.summary.scalar("schedule/learning_rate_by_batch", rate, description=_RATE_DESCRIPTION)
 
 
 class Conv1Summaries(keras.callbacks.Callback):

@@ -125,8 +125,9 @@ def test_keras_scalars_are_at_finished_epochs_with_the_rate_each_epoch_used(tmp_
     schedule = PlateauSchedule(monitor="loss", patience_epochs=1, min_delta=1e9, max_reductions=2)
     _fit(model, [schedule, summaries.EpochTensorBoard(str(tmp_path), update_freq="epoch")], epochs=3)
     events = _events(tmp_path, "train")
-    assert [e.step for e in events.Tensors("epoch_loss")] == [1, 2, 3]
-    rates = [(e.step, round(_scalar(e), 6)) for e in events.Tensors("epoch_learning_rate")]
+    assert [e.step for e in events.Tensors("errors/loss")] == [1, 2, 3]
+    assert not [tag for tag in events.Tags()["tensors"] if "vs_iterations" in tag]
+    rates = [(e.step, round(_scalar(e), 6)) for e in events.Tensors("schedule/learning_rate")]
     # The first epoch sets the best loss; the second does not improve on it: divided by 10 at its end.
     assert rates == [(1, 0.5), (2, 0.5), (3, 0.05)]
 
@@ -139,7 +140,7 @@ def test_learning_rate_steps_read_as_steps_against_batches(tmp_path):
     model.fit(x, y, batch_size=1, epochs=3, verbose=0,
               callbacks=[schedule, summaries.LearningRateSteps(str(tmp_path))])
     points = [(e.step, round(_scalar(e), 6)) for e in _events(tmp_path, summaries.SCHEDULE_RUN).Tensors(
-        "schedule/learning_rate")]
+        "schedule/learning_rate_by_batch")]
     steps = [s for s, _ in points]
     assert steps == sorted(steps) and len(points) >= 3 * summaries.LEARNING_RATE_POINTS_PER_EPOCH
     # The division by 10 at the second epoch's end falls between its last batch (79) and the third's first.

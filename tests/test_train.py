@@ -58,12 +58,12 @@ def test_tensorboard_scalars_of_a_run(parse, data_dir, tmp_path):
         events = EventAccumulator(str(model_dir / "logs" / run_name))
         events.Reload()
         runs[run_name] = events.Tags()
-    assert {"epoch_loss", "epoch_top1_error", "epoch_top5_error", "epoch_learning_rate",
-            "epoch_images_per_sec"} <= set(runs["train"]["tensors"] + runs["train"]["scalars"])
-    assert {"epoch_top1_error", "epoch_top5_error"} <= set(runs["validation"]["tensors"] + runs["validation"]["scalars"])
+    assert {"errors/loss", "errors/top1", "errors/top5", "schedule/learning_rate",
+            "throughput/images_per_sec"} <= set(runs["train"]["tensors"])
+    assert set(runs["validation"]["tensors"]) == {"errors/loss", "errors/top1", "errors/top5"}
     assert {"filters/conv1_gabor_fraction", "filters/conv1_oriented_fraction", "filters/conv1_colour_specificity_a",
             "filters/conv1_colour_specificity_b", "filters/conv1"} <= set(runs["conv1"]["tensors"])
-    assert "schedule/learning_rate" in runs["schedule"]["tensors"]
+    assert "schedule/learning_rate_by_batch" in runs["schedule"]["tensors"]
     assert {"figures/predictions", "figures/neighbours"} <= set(runs["figures"]["tensors"])
 
 
