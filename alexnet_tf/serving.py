@@ -9,36 +9,32 @@ The SavedModel holds only TensorFlow ops: `tf.saved_model.load` and TensorFlow S
 without this package. It is written with Keras 3's `keras.export.ExportArchive` (not
 `tf.saved_model.save` on the Keras model, keras issue 19458) and has two signatures:
 
-- `serving_default`: `images`, tf.string [N], encoded images (JPEG or PNG; GIF, BMP and WebP
-  decode as well) of any size -> `classes` int64 [N, 5], `scores` float32 [N, 5] (softmax
-  probabilities, descending) and `labels` tf.string [N, 5] (class names). Each image is decoded
-  with 3 channels, its shorter side rescaled to the stored size (the data set's, 256 for
-  ImageNet, section 2) and centre-cropped, as evaluation does (`pipeline.make_eval_transform`):
-  same crop, same mean (--mean, --mean_rgb, --stats_path or DATA_DIR/stats.npz), same channel
-  order. An image that does not decode (empty, truncated, not an image) fails the whole request
-  with TensorFlow's InvalidArgumentError naming the problem ("Input is empty", "Invalid PNG data",
-  "Invalid JPEG data or crop window", "Unknown image file format"): never a made-up answer.
-- `predict_images`: `images`, float32 [N, S, S, 3], already preprocessed as the model was trained
-  (S = the model's image size) -> `logits` and `probabilities`, float32 [N, num_classes]. Another
-  size fails with InvalidArgumentError, even from a caller that bypasses the signature's shape.
+- `serving_default`: `images`, tf.string [N], N >= 1, encoded images (JPEG, PNG, GIF, BMP or WebP; the first
+  frame of an animation) of any size -> `classes` int64 [N, 5], `scores` float32 [N, 5] (softmax
+  probabilities, descending) and `labels` tf.string [N, 5] (class names). Each image is decoded with 3
+  channels, its shorter side rescaled to the stored size (the data set's, 256 for ImageNet, section 2) and
+  centre-cropped, as evaluation does (`pipeline.make_eval_transform`, one transform for both): same crop, same
+  mean (--mean, --mean_rgb, --stats_path or DATA_DIR/stats.npz), same channel order. Memory per image is
+  bounded whatever the bytes claim: the size in the image's header is read before decoding and more than
+  `augment.MAX_PIXELS` (50 megapixels) is refused; only the central square is resampled, so a 1 x 65000 image
+  costs what its 65000 pixels do. At most DECODE_PARALLELISM images of a request are decoded at once. A request
+  fails whole with TensorFlow's InvalidArgumentError naming the problem, never a made-up answer: no images
+  ("serving_default: no images"), an image that is empty ("Input is empty"), of another format ("Unknown image
+  file format"), too large ("The image is larger than 50000000 pixels"), truncated or corrupt ("Invalid PNG
+  data", "Invalid JPEG data or crop window", ...).
+- `predict_images`: `images`, float32 [N, S, S, 3], N >= 1, already preprocessed as the model was trained
+  (S = the model's image size) -> `logits` and `probabilities`, float32 [N, num_classes]. Another size, an
+  empty batch, or a NaN or infinite value fails with InvalidArgumentError, even from a caller that bypasses
+  the signature's shape.
+
+Neither signature holds an XLA-compiled function (no `_XlaMustCompile`), so TensorFlow Serving builds without
+the XLA JIT run the SavedModel (tensorflow/serving issues 2214, 2217).
 
 Class names come from the data set (DATA_DIR/labels.txt for a prepared one); without --data_dir
 they are the class indices as strings. With fewer than 5 classes, the top-k outputs have
 num_classes columns. A two-tower model is exported unplaced (placement matters only on GPUs).
 
-Trying it on a real JPEG with a narrow random network, from the repository root (the answer is arbitrary;
-the plumbing is the point):
-
-    python -c "from alexnet_tf.model import build_alexnet; from alexnet_tf.weights import save_npy_weights; \
-        save_npy_weights(build_alexnet(1000, towers=1, image_size=67, width=0.125, init='he', seed=0), \
-        '/tmp/narrow.npy')"
-    python -m alexnet_tf.export --towers=1 --width=0.125 --image_size=67 --pretrained=/tmp/narrow.npy \
-        --export_dir=/tmp/alexnet_export
-    saved_model_cli show --dir /tmp/alexnet_export --all
-    python -c "import sys, numpy as np; np.save(sys.argv[1], np.array([open(p, 'rb').read() for p in sys.argv[2:]], \
-        dtype=object))" /tmp/request.npy ../shared/imagenet-sample-100/n01440764_tench.JPEG
-    saved_model_cli run --dir /tmp/alexnet_export --tag_set serve --signature_def serving_default \
-        --inputs images=/tmp/request.npy
+Trying it with `saved_model_cli run`, and what each answer costs: docs/serving.md.
 """
 
 from __future__ import annotations
@@ -55,6 +51,9 @@ from alexnet_tf.metrics import TOP_K
 
 SERVING_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "predict_images"
+# Images of one serving_default request decoded at once: with augment.MAX_PIXELS, at most 4 x 150 MB of decoded
+# pixels in flight per request.
+DECODE_PARALLELISM = 4
 
 
 def class_names(data_dir: str | None, num_classes: int) -> list[str]:
@@ -83,14 +82,22 @@ def make_archive(model: keras.Model, preprocess: Callable[[tf.Tensor], tf.Tensor
 
     def predict_images(images: tf.Tensor) -> dict[str, tf.Tensor]:
         # A caller may bypass the signature's static shape (a flat call, a TF1 session feed); a wrong size
-        # must fail, not compute logits of a differently cropped image.
-        tf.debugging.assert_equal(tf.shape(images)[1:], tf.constant([size, size, 3]),
-                                  message=f"{IMAGES_SIGNATURE}: images must be float32 [N, {size}, {size}, 3]")
-        logits = tf.cast(model(images, training=False), tf.float32)
+        # must fail, not compute logits of a differently cropped image. Assertions, not silent NaN logits.
+        checks = [tf.debugging.assert_equal(tf.shape(images)[1:], tf.constant([size, size, 3]),
+                                            message=f"{IMAGES_SIGNATURE}: images must be float32 [N, {size}, "
+                                                    f"{size}, 3]"),
+                  tf.debugging.assert_positive(tf.shape(images)[0], message=f"{IMAGES_SIGNATURE}: no images (N = 0)"),
+                  tf.debugging.assert_all_finite(images, f"{IMAGES_SIGNATURE}: images hold NaN or Inf")]
+        with tf.control_dependencies(checks):
+            logits = tf.cast(model(tf.identity(images), training=False), tf.float32)
         return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
 
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        batch = tf.map_fn(preprocess, images, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+        # An empty batch would otherwise fail deep in the model ("Matrix size-incompatible").
+        checks = [tf.debugging.assert_positive(tf.size(images), message=f"{SERVING_SIGNATURE}: no images (N = 0)")]
+        with tf.control_dependencies(checks):
+            batch = tf.map_fn(preprocess, images, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+                              parallel_iterations=DECODE_PARALLELISM)
         scores, classes = tf.math.top_k(predict_images(batch)["probabilities"], k)
         return {"classes": tf.cast(classes, tf.int64), "scores": scores, "labels": tf.gather(name_table, classes)}
 

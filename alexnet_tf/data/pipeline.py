@@ -184,11 +184,25 @@ def make_eval_transform(config: DataConfig, image_size: int = IMAGENET_CROP_SIZE
     The input is float32 [image_size, image_size, 3], or [10, image_size, image_size, 3] with `ten_crop`. Stored
     size and statistics are those of `config.data_dir`; with data_dir None, `config.stored_size` (default 256)
     and `config.stats_path` (or mean='none' / `mean_rgb`). `any_image`: the bytes are an image of any size and
-    format (a serving request), decoded and rescaled to the stored size as an ILSVRC folder's are, not a
-    prepared data set's stored JPEG. An undecodable image raises tf.errors.InvalidArgumentError when it runs.
+    format (a serving request), decoded by `augment.decode_bounded` and rescaled to the stored size as an ILSVRC
+    folder's are (`augment.resize_shorter_and_centre_crop`), not a prepared data set's stored JPEG. Memory per
+    image is then bounded whatever the bytes claim: the header's size is checked before decoding (at most
+    `augment.MAX_PIXELS`, 3 bytes each decoded), and only the central square is resampled. An image that is
+    empty, undecodable, of another format or over the bound raises tf.errors.InvalidArgumentError when it runs.
+    The transform holds no XLA-compiled function (`augment.finish_crops_ops`), so a SavedModel of it runs on
+    TensorFlow Serving builds without XLA.
     """
     source = None if config.data_dir is None else config.source()
     return _eval_transform(config, source, image_size, ten_crop, any_image)
+
+
+def _decode_any_window_bounded(stored_size: int) -> sources.WindowDecoder:
+    """`sources.decode_any_window` with the header's size checked before decoding (`augment.decode_bounded`)."""
+    def decode(encoded: tf.Tensor, offset: tf.Tensor, size: int) -> tf.Tensor:
+        image = augment.decode_bounded(encoded)
+        window = augment.crop(augment.resize_shorter_and_centre_crop(image, stored_size), offset, size)
+        return tf.ensure_shape(window, [size, size, 3])
+    return decode
 
 
 def _eval_transform(config: DataConfig, source: sources.Source | None, image_size: int, ten_crop: bool,
@@ -196,7 +210,7 @@ def _eval_transform(config: DataConfig, source: sources.Source | None, image_siz
     stored_size = _stored_size(config, source, image_size)
     stats = _stats(config, source, stored_size, pca_noise=False)
     if any_image or source is None:
-        decode_window = sources.decode_any_window(stored_size)
+        decode_window = _decode_any_window_bounded(stored_size)
     else:
         decode_window = source.window_decoder(stored_size)
     mean_image = _mean_image(config, stats)
@@ -207,8 +221,9 @@ def _eval_transform(config: DataConfig, source: sources.Source | None, image_siz
     def transform(encoded: tf.Tensor) -> tf.Tensor:
         offset = tf.constant(window_offset, tf.int32)
         window = decode_window(encoded, offset, window_size)
-        image = augment.finish_crops(window[tf.newaxis], mean_image, offset[tf.newaxis], tf.zeros([1, 3]),
-                                     tf.zeros([1], tf.bool), bgr)[0]
+        # The XLA-free twin of training's batch pass: same arithmetic, nothing XLA-only in an exported graph.
+        image = augment.finish_crops_ops(window[tf.newaxis], mean_image, offset[tf.newaxis], tf.zeros([1, 3]),
+                                         tf.zeros([1], tf.bool), bgr)[0]
         return augment.ten_crops(image, image_size) if ten_crop else image
     return transform
 
