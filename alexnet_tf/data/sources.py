@@ -29,7 +29,7 @@ WindowDecoder = Callable[[tf.Tensor, tf.Tensor, int], tf.Tensor]
 def decode_any_window(stored_size: int) -> WindowDecoder:
     """fn(encoded, offset, size) for images of any size and format: decoded, rescaled as in Section 2, cropped."""
     def decode(encoded: tf.Tensor, offset: tf.Tensor, size: int) -> tf.Tensor:
-        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        image = augment.decode_bounded(encoded)  # An image whose header claims too many pixels is skipped.
         window = augment.crop(augment.resize_shorter_and_centre_crop(image, stored_size), offset, size)
         return tf.ensure_shape(window, [size, size, 3])
     return decode
