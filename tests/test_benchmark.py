@@ -1,5 +1,7 @@
 """Tests for tools/benchmark.py: the JSON it prints (its numbers are timings, so only their sanity is checked),
-the training FLOP count behind the roofline, and the PyTorch reference network of `compare` (tools/torch_alexnet.py).
+the training FLOP count behind the roofline, the PyTorch reference network of `compare` (tools/torch_alexnet.py)
+and its ONNX export, which `serve` runs in ONNX Runtime. The torch and onnxruntime tests are skipped where
+requirements-bench.txt is not installed (CI).
 """
 
 import json
@@ -99,9 +101,23 @@ def test_model_prints_one_line_per_variant_with_both_rates():
     assert dense["train_ratio_to_first"] == pytest.approx(np.median(ratios), abs=0.01)
 
 
+def test_model_alternates_dtype_policies_one_line_each():
+    result = _benchmark("model", *TINY, "--dtype_policy=float32", "--dtype_policy=mixed_bfloat16")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(line["variant"], line["dtype_policy"]) for line in lines] == [("paper", "float32"),
+                                                                          ("paper", "mixed_bfloat16")]
+    float32, bfloat16 = lines
+    assert bfloat16["params"] == float32["params"] and bfloat16["train_flops_per_image"] == float32["train_flops_per_image"]
+    assert min(bfloat16["train_runs"] + bfloat16["infer_runs"]) > 0
+    ratios = [b / f for b, f in zip(bfloat16["infer_runs"], float32["infer_runs"])]
+    assert bfloat16["infer_ratio_to_first"] == pytest.approx(np.median(ratios), abs=0.01)
+
+
 @pytest.mark.parametrize("args, flag", [
     (["--width=0"], "--width"),
     (["--steps=3", "--steps_per_execution=2"], "--steps_per_execution"),
+    (["--dtype_policy=float16"], "--dtype_policy"),
 ])
 def test_bad_flags_give_one_line_and_no_traceback(args, flag):
     result = _benchmark("model", *args)
@@ -192,6 +208,62 @@ def test_compare_prints_both_rates_their_ratio_and_the_roofline(torch_alexnet):
     assert line["matmul_peak_gflops"] == max(line["matmul_runs"]) > 0
     roofline = line["matmul_peak_gflops"] * 1e9 / line["train_flops_per_image"]
     assert line["roofline_fraction"] == pytest.approx(line["tf_train_images_per_sec"] / roofline, abs=1e-3)
+
+
+@pytest.fixture(scope="module")
+def onnxruntime(torch_alexnet):
+    """ONNX Runtime, where requirements-bench.txt is installed."""
+    return pytest.importorskip("onnxruntime")
+
+
+@pytest.mark.parametrize("image_size, width", [(67, 0.0625), (227, 0.125)])
+def test_onnx_export_computes_the_keras_logits(torch_alexnet, onnxruntime, tmp_path, image_size, width):
+    # The exported graph (ONNX's own LRN operator in place of nn.LocalResponseNorm, dropout off, a free batch
+    # dimension) in ONNX Runtime against the Keras network with the same weights.
+    onnx = pytest.importorskip("onnx")
+    ours, theirs = keras_and_torch_twins(torch_alexnet, image_size, width, dropout=0.5)
+    path = str(tmp_path / "alexnet.onnx")
+    torch_alexnet.export_onnx(theirs, path, image_size)
+    ops = {node.op_type for node in onnx.load(path).graph.node}
+    assert ops - {"Identity"} == {"Conv", "Relu", "LRN", "MaxPool", "Flatten", "Gemm"}  # Identity: dropout
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    images = np.random.default_rng(2).normal(0, 58, (3, image_size, image_size, 3)).astype(np.float32)
+    (logits,) = session.run(["logits"], {"images": np.ascontiguousarray(images.transpose(0, 3, 1, 2))})
+    expected = ours.predict(images, verbose=0)
+    assert logits.shape == expected.shape == (3, 5)
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_serve_times_savedmodel_and_onnxruntime_on_the_same_logits(onnxruntime):
+    result = _benchmark("serve", *TINY, "--matmul_size=256", "--threads=1")
+    assert result.returncode == 0, result.stderr
+    (line,) = [json.loads(text) for text in result.stdout.splitlines()]
+    assert (line["variant"], line["towers"], line["groups"], line["dtype_policy"]) == ("grouped", 1, 2, "float32")
+    assert line["params"] == build_alexnet(towers=1, groups=2, image_size=67, width=0.0625).count_params()
+    for name in ("savedmodel", "onnxruntime", "savedmodel_jpeg"):
+        assert len(line[f"{name}_runs"]) == 2 and min(line[f"{name}_runs"]) > 0
+        assert line[f"{name}_images_per_sec"] == pytest.approx(np.median(line[f"{name}_runs"]), abs=0.01)
+    ratios = [a / b for a, b in zip(line["savedmodel_runs"], line["onnxruntime_runs"])]
+    assert line["savedmodel_over_onnxruntime"] == pytest.approx(np.median(ratios), abs=0.01)
+    # Inference counts each layer once: a third of training's FLOPs, plus conv1's (no input gradient there).
+    conv1 = 2 * 15 * 15 * 11 * 11 * 3 * 6
+    assert 3 * line["inference_flops_per_image"] - conv1 == train_flops((15, 7, 3, 1), (6, 16, 24, 24, 16, 256), 2,
+                                                                         1000)
+    roofline = line["matmul_peak_gflops"] * 1e9 / line["inference_flops_per_image"]
+    assert line["roofline_fraction"] == pytest.approx(line["savedmodel_images_per_sec"] / roofline, abs=1e-3)
+    paired = [r * line["inference_flops_per_image"] / (g * 1e9)
+              for r, g in zip(line["savedmodel_runs"], line["matmul_runs"])]
+    assert line["roofline_fraction_paired"] == pytest.approx(np.median(paired), abs=1e-3)
+    # The SavedModel's predict_images and ONNX Runtime: the same weights give the same logits.
+    assert line["max_abs_logit"] > 0
+    assert line["max_abs_logit_difference"] <= 1e-4 * line["max_abs_logit"]
+    assert line["threads"] == line["onnxruntime_intra_op_threads"] == line["intra_op_threads"] == 1
+
+
+def test_serve_refuses_another_variant(onnxruntime):
+    result = _benchmark("serve", "--variant=paper")
+    assert result.returncode != 0 and "benchmark: error: serve times the grouped network" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 if __name__ == "__main__":

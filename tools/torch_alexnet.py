@@ -1,4 +1,5 @@
-"""AlexNet in PyTorch: the reference network that `tools/benchmark.py compare` times.
+"""AlexNet in PyTorch: the reference network that `tools/benchmark.py compare` times, and the ONNX model of
+`tools/benchmark.py serve` (`export_onnx`, run by ONNX Runtime).
 
 The same network as `alexnet_tf.model.build_alexnet(towers=1, groups=2)` (Caffe's bvlc_alexnet
 layout): grouped conv2, conv4 and conv5 (two groups, standing for the paper's two towers), local
@@ -13,9 +14,12 @@ Conventions, so that Keras weights carry over exactly (tests/test_benchmark.py c
   channels, exactly what TensorFlow's LRN with the paper's alpha computes.
 - fc6 reads the pool5 features flattened in PyTorch's (channel, row, column) order; Keras flattens
   (row, column, channel). `load_keras_weights` permutes fc6's rows accordingly.
+- Exported to ONNX (`export_onnx`), each LRN is ONNX's own `LRN` operator, whose definition is
+  `nn.LocalResponseNorm`'s (mean convention, window cut at the edges, divided by the depth): the
+  TorchScript exporter would otherwise spell it out as a 3-D average pooling of the squares.
 
-torch is not a dependency of `alexnet_tf`; this module is imported by the benchmark only
-(requirements-bench.txt).
+torch (and, for `export_onnx`, onnx) is not a dependency of `alexnet_tf`; this module is imported
+by the benchmark only (requirements-bench.txt).
 """
 
 from __future__ import annotations
@@ -29,6 +33,27 @@ from torch import nn
 from alexnet_tf import layers as layers_lib
 from alexnet_tf import model as model_lib
 from alexnet_tf import optimizer as optimizer_lib
+
+
+class _OnnxLRN(torch.autograd.Function):
+    """`nn.functional.local_response_norm`, exported as ONNX's `LRN` node (same definition)."""
+
+    @staticmethod
+    def forward(ctx, x, size, alpha, beta, k):  # noqa: D102  Only ever run under torch.no_grad (export).
+        return nn.functional.local_response_norm(x, size, alpha, beta, k)
+
+    @staticmethod
+    def symbolic(g, x, size, alpha, beta, k):  # noqa: D102  The TorchScript exporter's hook.
+        return g.op("LRN", x, size_i=size, alpha_f=alpha, beta_f=beta, bias_f=k)
+
+
+class LocalResponseNorm(nn.LocalResponseNorm):
+    """`nn.LocalResponseNorm`, which `torch.onnx.export` writes as one ONNX `LRN` node."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():
+            return _OnnxLRN.apply(x, self.size, self.alpha, self.beta, self.k)
+        return super().forward(x)
 
 
 class TorchAlexNet(nn.Module):
@@ -56,11 +81,11 @@ class TorchAlexNet(nn.Module):
         self.features = nn.Sequential(
             nn.Conv2d(3, c["conv1"], 11, stride=4, padding=model_lib.conv1_padding_pixels(image_size)),
             nn.ReLU(inplace=True),
-            nn.LocalResponseNorm(**lrn),
+            LocalResponseNorm(**lrn),
             nn.MaxPool2d(pool, stride),
             nn.Conv2d(c["conv1"], c["conv2"], 5, padding=2, groups=2),
             nn.ReLU(inplace=True),
-            nn.LocalResponseNorm(**lrn),
+            LocalResponseNorm(**lrn),
             nn.MaxPool2d(pool, stride),
             nn.Conv2d(c["conv2"], c["conv3"], 3, padding=1),
             nn.ReLU(inplace=True),
@@ -143,6 +168,20 @@ def load_keras_weights(model: TorchAlexNet, weights: Mapping[str, tuple[np.ndarr
                 kernel = kernel.reshape(-1, kernel.shape[-1]).T  # (in, out) -> (out, in)
             layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel)))
             layer.bias.copy_(torch.from_numpy(np.asarray(bias)))
+
+
+def export_onnx(model: TorchAlexNet, path: str, image_size: int, opset: int = 17) -> None:
+    """Writes `model` in inference mode (dropout off) to the ONNX file `path`: input `images` float32 NCHW
+    [N, 3, image_size, image_size] with N free, output `logits` [N, num_classes]. TorchScript exporter
+    (`dynamo=False`: the dynamo one needs onnxscript)."""
+    import warnings
+
+    model.eval()
+    example = torch.zeros(1, 3, image_size, image_size)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # The TorchScript exporter's deprecation notice.
+        torch.onnx.export(model, (example,), path, dynamo=False, opset_version=opset, input_names=["images"],
+                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
 
 
 def _scaled(count: int, width: float) -> int:
