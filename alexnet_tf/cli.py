@@ -189,6 +189,14 @@ def run_main(program: str, run: Callable[[], Any], argv: list[str], on_error: Ca
         sys.exit(error.exit_code)
 
 
+def quiet_main(main: Callable[[list[str]], None]) -> None:
+    """`app.run(main)` with TensorFlow's C++ noise filtered from the start, flag parsing included (the CUDA
+    probe's failure on a machine without a GPU was seen printed before `main` ran): every binary's and tool's
+    entry point."""
+    quiet.quiet_binary()
+    app.run(main)
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)

@@ -16,13 +16,13 @@ import sys
 if __package__ in (None, ""):  # Run as `python tools/plot_filters.py`: make the repository importable.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from alexnet_tf import cli, conv1, loading  # noqa: E402  First: it imports TensorFlow with its notices held back.
+from alexnet_tf import model as model_lib  # noqa: E402
+from alexnet_tf import weights as weights_lib  # noqa: E402
+
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
-
-from alexnet_tf import cli, conv1, loading  # noqa: E402
-from alexnet_tf import model as model_lib  # noqa: E402
-from alexnet_tf import weights as weights_lib  # noqa: E402
 
 CHECKPOINT_SUFFIXES = (".keras", ".npy")
 FLAGS = flags.FLAGS
@@ -77,4 +77,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.quiet_main(main)
