@@ -14,6 +14,8 @@ Labels are int64 class indices in sorted-wnid order (n01440764 -> 0 for ImageNet
 
 from __future__ import annotations
 
+import abc
+
 import functools
 from collections.abc import Callable
 
@@ -35,7 +37,7 @@ def decode_any_window(stored_size: int) -> WindowDecoder:
     return decode
 
 
-class Source:
+class Source(abc.ABC):
     """A data set: its classes, splits and (encoded image, int64 label) records.
 
     `stored_size` is the side (px) of the stored square images, None where the caller chooses it (images are
@@ -48,9 +50,9 @@ class Source:
     prepared: bool = False
     shuffles_whole: bool = False  # `encoded(training=True)` is already shuffled whole: no shuffle buffer needed.
 
+    @abc.abstractmethod
     def labels(self) -> list[tuple[str, str]]:
         """(wnid, display name) per class, in index order."""
-        raise NotImplementedError
 
     @property
     def num_classes(self) -> int:
@@ -59,17 +61,18 @@ class Source:
     def class_names(self) -> list[str]:
         return [name for _, name in self.labels()]
 
+    @abc.abstractmethod
     def num_examples(self, split: str) -> int | None:
         """Examples of `split`, None if unknown; DataError if the source has no such split."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def has_split(self, split: str) -> bool:
-        raise NotImplementedError
+        """Whether the source holds `split`."""
 
+    @abc.abstractmethod
     def encoded(self, split: str, *, training: bool, seed: int | None = None,
                 deterministic: bool = True) -> tf.data.Dataset:
         """(encoded image bytes, int64 label) pairs of `split`; shuffled by file when `training`."""
-        raise NotImplementedError
 
     def window_decoder(self, stored_size: int) -> WindowDecoder:
         """fn(encoded, offset (y, x) int32 [2], size) -> uint8 [size, size, 3], a window of the stored image."""
