@@ -11,7 +11,8 @@ from alexnet_tf import quiet
 quiet.import_quietly("tensorflow")  # Its import-time notices held back, and nothing else changed: quiet.py.
 
 from alexnet_tf.layers import LocalResponseNormalization, OnDevice  # noqa: E402
-from alexnet_tf.model import AlexNet, AlexNetConfig, build_alexnet, conv1_kernel  # noqa: E402
+from alexnet_tf.architecture import AlexNetConfig  # noqa: E402
+from alexnet_tf.model import AlexNet, build_alexnet, conv1_kernel  # noqa: E402
 from alexnet_tf.weights import load_npy_weights, save_npy_weights  # noqa: E402
 
 __all__ = [

@@ -19,7 +19,7 @@ from absl import app, flags
 
 from alexnet_tf import errors, loading, quiet
 from alexnet_tf import model as model_lib
-from alexnet_tf.model import POOLING, AlexNetConfig
+from alexnet_tf.architecture import POOLING, AlexNetConfig
 from alexnet_tf.data.pipeline import CHANNEL_ORDERS, MEAN_MODES, DataConfig
 from alexnet_tf.data.sources import TFDS_PREFIX
 

@@ -25,7 +25,8 @@ import tensorflow as tf
 from alexnet_tf import errors
 from alexnet_tf import model as model_lib
 from alexnet_tf import weights as weights_lib
-from alexnet_tf.model import AlexNet, AlexNetConfig
+from alexnet_tf.architecture import AlexNetConfig
+from alexnet_tf.model import AlexNet
 
 CHECKPOINT_SUFFIX = ".keras"
 WEIGHTS_SUFFIX = ".npy"

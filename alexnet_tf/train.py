@@ -27,7 +27,7 @@ from alexnet_tf import model_dir as model_dir_lib
 from alexnet_tf import weights as weights_lib
 from alexnet_tf.data import demo, pipeline, records, sources
 from alexnet_tf.metrics import TOP_K, TopKError
-from alexnet_tf.model import AlexNetConfig
+from alexnet_tf.architecture import AlexNetConfig
 from alexnet_tf.optimizer import OptimizerConfig
 from alexnet_tf.schedule import PlateauSchedule, ScheduleConfig
 

@@ -36,7 +36,8 @@ import tensorflow as tf
 from numpy.lib import format as npy_format
 
 from alexnet_tf import errors
-from alexnet_tf.model import CONV_LAYERS, FC_LAYERS, AlexNetConfig, inner_layer, model_config, tower_layer_names
+from alexnet_tf.architecture import CONV_LAYERS, FC_LAYERS, AlexNetConfig, tower_layer_names
+from alexnet_tf.model import inner_layer, model_config
 
 LAYERS = CONV_LAYERS + FC_LAYERS
 GROUPED_LAYERS = ("conv2", "conv4", "conv5")  # groups=2 in Caffe's bvlc_alexnet.

@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 
 from alexnet_tf import errors, loading
-from alexnet_tf.model import AlexNet, AlexNetConfig, build_alexnet, inner_layer
+from alexnet_tf.architecture import AlexNetConfig
+from alexnet_tf.model import AlexNet, build_alexnet, inner_layer
 from alexnet_tf.weights import npy_weights, save_npy_weights
 
 SMALL = AlexNetConfig(num_classes=10, towers=1, groups=2, image_size=67, width=0.125, seed=0)

@@ -12,19 +12,8 @@ import pytest
 
 import alexnet_tf
 from alexnet_tf import errors
-from alexnet_tf.model import (
-    CONV_LAYERS,
-    AlexNet,
-    AlexNetConfig,
-    build_alexnet,
-    conv1_kernel,
-    conv1_padding_pixels,
-    conv_layers,
-    inner_layer,
-    model_config,
-    pool5_size,
-    without_placement,
-)
+from alexnet_tf.architecture import CONV_LAYERS, AlexNetConfig, conv1_padding_pixels, pool5_size
+from alexnet_tf.model import AlexNet, build_alexnet, conv1_kernel, conv_layers, inner_layer, model_config, without_placement
 
 # Per-layer parameters, kernel + bias, from the paper's layer sizes (section 3.5, Figure 2).
 GROUPED_COUNTS = {
@@ -196,6 +185,13 @@ def test_build_alexnet_takes_a_config_or_arguments_not_both():
     assert inner_layer(model, "conv2").kernel.shape == (5, 5, 12, 32)
     with pytest.raises(errors.ConfigError, match="not both.*towers, width"):
         build_alexnet(towers=1, width=0.5, config=config)
+    # An equal-to-default argument beside a config is refused too: nothing is silently ignored.
+    with pytest.raises(errors.ConfigError, match="not both.*towers"):
+        build_alexnet(config, towers=2)
+    with pytest.raises(errors.ConfigError, match="unknown architecture argument tower, widht"):
+        build_alexnet(tower=1, widht=0.5)
+    with pytest.raises(errors.ConfigError, match="tower_devices takes two devices and needs towers=2"):
+        build_alexnet(config, tower_devices=("/CPU:0", "/CPU:1"))
 
 
 def test_get_config_is_the_config_fields_and_the_name_without_placement():

@@ -52,7 +52,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from alexnet_tf import cli, errors, serving  # noqa: E402
+from alexnet_tf import architecture, cli, errors, serving  # noqa: E402
 from alexnet_tf.data import ilsvrc, pipeline, records  # noqa: E402
 from alexnet_tf import model as model_lib  # noqa: E402
 from alexnet_tf.layers import unwrap  # noqa: E402
@@ -208,7 +208,7 @@ class KerasContender:
         self.name = variant if policy == "float32" else f"{variant}/{policy}"
         self.batch_size = len(images)
         with dtype_policy(policy):
-            self.model = model_lib.build_alexnet(NUM_CLASSES, image_size=images.shape[1], width=_WIDTH.value,
+            self.model = model_lib.build_alexnet(num_classes=NUM_CLASSES, image_size=images.shape[1], width=_WIDTH.value,
                                                  seed=0, **VARIANTS[variant])
         self.model.compile(optimizer=PaperSGD(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                            metrics=[TopKError(1), TopKError(5)], jit_compile=_XLA.value,
@@ -281,7 +281,7 @@ class TorchContender:
 def synthetic_batch(batch_size: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean-subtracted-looking float32 images [batch, S, S, 3] (0-255 scale) and int32 labels, seeded."""
     rng = np.random.default_rng(0)
-    images = rng.normal(0.0, model_lib.PIXEL_STDDEV, (batch_size, image_size, image_size, 3)).astype(np.float32)
+    images = rng.normal(0.0, architecture.PIXEL_STDDEV, (batch_size, image_size, image_size, 3)).astype(np.float32)
     return images, rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32)
 
 
@@ -492,7 +492,7 @@ def run_serve() -> dict:
     threads, batch_size, image_size = _THREADS.value, _BATCH_SIZE.value, _IMAGE_SIZE.value
     policy = _DTYPE_POLICY.value[0]
     with dtype_policy(policy):
-        model = model_lib.build_alexnet(NUM_CLASSES, image_size=image_size, width=_WIDTH.value, init="he", seed=0,
+        model = model_lib.build_alexnet(num_classes=NUM_CLASSES, image_size=image_size, width=_WIDTH.value, init="he", seed=0,
                                         **VARIANTS["grouped"])
     images, _ = synthetic_batch(batch_size, image_size)
     jpegs = synthetic_jpegs(batch_size)

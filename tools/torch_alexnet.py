@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from alexnet_tf import layers as layers_lib
-from alexnet_tf import model as model_lib
+from alexnet_tf import architecture
 from alexnet_tf import optimizer as optimizer_lib
 
 
@@ -67,19 +67,19 @@ class TorchAlexNet(nn.Module):
     """
 
     def __init__(self, num_classes: int = 1000, image_size: int = 224, width: float = 1.0,
-                 dropout: float = model_lib.DROPOUT_RATE):
+                 dropout: float = architecture.DROPOUT_RATE):
         super().__init__()
         # One stream holds both towers' channels (Figure 2), each tower's scaled as build_alexnet's.
-        c = {name: 2 * _scaled(count, width) for name, count in model_lib.TOWER_CHANNELS.items()}
+        c = {name: 2 * _scaled(count, width) for name, count in architecture.TOWER_CHANNELS.items()}
         lrn = dict(
             size=layers_lib.LRN_DEPTH,
             alpha=layers_lib.LRN_ALPHA * layers_lib.LRN_DEPTH,  # mean convention, see above
             beta=layers_lib.LRN_BETA,
             k=layers_lib.LRN_K,
         )
-        pool, stride = model_lib.POOLING["overlapping"]
+        pool, stride = architecture.POOLING["overlapping"]
         self.features = nn.Sequential(
-            nn.Conv2d(3, c["conv1"], 11, stride=4, padding=model_lib.conv1_padding_pixels(image_size)),
+            nn.Conv2d(3, c["conv1"], 11, stride=4, padding=architecture.conv1_padding_pixels(image_size)),
             nn.ReLU(inplace=True),
             LocalResponseNorm(**lrn),
             nn.MaxPool2d(pool, stride),
@@ -97,7 +97,7 @@ class TorchAlexNet(nn.Module):
         )
         with torch.no_grad():
             features = self.features(torch.zeros(1, 3, image_size, image_size)).numel()
-        units = _scaled(model_lib.FC_UNITS, width)
+        units = _scaled(architecture.FC_UNITS, width)
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(features, units),
