@@ -8,8 +8,9 @@ so that the demo is prepared by the same tools as ImageNet (`alexnet_tf.data.pre
 ImageNet-style ids n90000000, n90000001, ... (class i is `n9000000i` for i < 10), sorted in class order.
 
 Each class is a kind of pattern (gratings at three orientations, checkerboards, rings, blobs, edges, dots,
-...) drawn as a soft mask between two random colours, with random frequency, phase, position, size and
-orientation jitter, then additive Gaussian pixel noise. The colours are drawn independently of the class,
+...) drawn as a soft mask between two random colours (differing mostly in brightness, as across photographs'
+edges: `_colour_pair`), with random frequency, phase, position, size and orientation jitter, then additive
+Gaussian pixel noise. The colours are drawn independently of the class,
 so neither the mean colour nor any single pixel tells the classes apart: the shape does. The oriented
 gratings and edges are the kind of input whose first-layer filters become Gabor-like.
 
@@ -33,6 +34,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from alexnet_tf.data import stats
+
 DEFAULT_NUM_CLASSES = 10
 DEFAULT_TRAIN_PER_CLASS = 300
 DEFAULT_VAL_PER_CLASS = 50
@@ -42,7 +45,7 @@ JPEG_QUALITY = 90
 _WNID_BASE = 90_000_000  # Beyond ImageNet's n0... and n1... ids, so the fake ids never collide with real ones.
 _SPLITS = ("train", "val")
 
-_MIN_COLOUR_DISTANCE = 90.0  # Between the two colours of an image, on the 0-255 RGB scale.
+_MIN_COLOUR_DISTANCE, _MAX_COLOUR_DISTANCE = 90.0, 200.0  # Between the two colours of an image, 0-255 scale.
 _NOISE_STDDEV_RANGE = (4.0, 20.0)  # Additive Gaussian pixel noise, 0-255 scale.
 _ORIENTATION_JITTER_DEGREES = 12.0  # Leaves the grating orientations 21 degrees apart at worst.
 
@@ -116,10 +119,22 @@ def draw(class_index: int, rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Two RGB colours (0-255) at least _MIN_COLOUR_DISTANCE apart, in random order."""
+    """Two RGB colours (0-255) whose difference has the colour statistics of photographs' pixels.
+
+    An edge in a photograph is mostly a step in brightness with a smaller change of hue: ImageNet's RGB
+    covariance (`stats.IMAGENET_EIGVEC`, `IMAGENET_EIGVAL`) has 91% of its variance on a near-grey first axis.
+    The difference is drawn from a Gaussian with that covariance, rescaled to a length in
+    [_MIN_COLOUR_DISTANCE, _MAX_COLOUR_DISTANCE]; the first colour is uniform, and both lie in the RGB cube.
+    Why: with independent uniform colours (most differences chromatic) the demo's conv1 learned gratings whose
+    phase differs from channel to channel, rainbow stripes that no single-colour Gabor fits (R^2 about 0.5).
+    """
+    axes = np.asarray(stats.IMAGENET_EIGVEC) * np.sqrt(stats.IMAGENET_EIGVAL)  # Columns: axis * stddev.
     while True:
-        first, second = rng.uniform(0.0, 255.0, (2, 3))
-        if np.linalg.norm(first - second) >= _MIN_COLOUR_DISTANCE:
+        difference = axes @ rng.normal(size=3)  # Its sign is random: so is the colours' order.
+        difference *= rng.uniform(_MIN_COLOUR_DISTANCE, _MAX_COLOUR_DISTANCE) / np.linalg.norm(difference)
+        first = rng.uniform(0.0, 255.0, 3)
+        second = first + difference
+        if np.all((second >= 0.0) & (second <= 255.0)):
             return first, second
 
 
