@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_tf.data import demo
+from alexnet_tf.data import demo, stats
 
 SMALL = dict(num_classes=3, train_per_class=4, val_per_class=2, size=32, seed=1)
 
@@ -115,6 +115,22 @@ def _nearest_class_mean_accuracy(train_features, train_labels, val_features, val
     centres = np.stack([train_features[train_labels == c].mean(axis=0) for c in np.unique(train_labels)])
     distances = ((val_features[:, np.newaxis] - centres[np.newaxis]) ** 2).sum(axis=-1)
     return float(np.mean(np.argmin(distances, axis=1) == val_labels))
+
+
+def test_colour_pairs_differ_mostly_in_brightness_as_in_photographs():
+    # ImageNet's first RGB eigenvector carries 91% of the pixel variance; uniformly drawn pairs put only
+    # about a third of their difference on it, and conv1 then learned rainbow stripes no Gabor fits.
+    rng = np.random.default_rng(0)
+    pairs = np.array([demo._colour_pair(rng) for _ in range(2000)])
+    assert pairs.min() >= 0.0 and pairs.max() <= 255.0
+    difference = pairs[:, 1] - pairs[:, 0]
+    length = np.linalg.norm(difference, axis=1)
+    assert length.min() >= demo._MIN_COLOUR_DISTANCE and length.max() <= demo._MAX_COLOUR_DISTANCE
+    first_axis = np.asarray(stats.IMAGENET_EIGVEC)[:, 0]
+    share = np.mean((difference @ first_axis) ** 2) / np.mean(length**2)
+    assert 0.6 < share < 0.95, share
+    # Neither colour comes first on purpose: the difference along the axis is symmetric about 0.
+    assert abs(np.mean(np.sign(difference @ first_axis))) < 0.1
 
 
 def test_classes_differ_by_pattern_not_by_colour(tmp_path):
