@@ -118,7 +118,7 @@ def _nearest_class_mean_accuracy(train_features, train_labels, val_features, val
 
 
 def test_colour_pairs_differ_mostly_in_brightness_as_in_photographs():
-    # ImageNet's first RGB eigenvector carries 91% of the pixel variance; uniformly drawn pairs put only
+    # ImageNet's first RGB eigenvector carries 90% of the pixel variance; uniformly drawn pairs put only
     # about a third of their difference on it, and conv1 then learned rainbow stripes no Gabor fits.
     rng = np.random.default_rng(0)
     pairs = np.array([demo._colour_pair(rng) for _ in range(2000)])

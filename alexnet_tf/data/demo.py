@@ -122,7 +122,7 @@ def _colour_pair(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Two RGB colours (0-255) whose difference has the colour statistics of photographs' pixels.
 
     An edge in a photograph is mostly a step in brightness with a smaller change of hue: ImageNet's RGB
-    covariance (`stats.IMAGENET_EIGVEC`, `IMAGENET_EIGVAL`) has 91% of its variance on a near-grey first axis.
+    covariance (`stats.IMAGENET_EIGVEC`, `IMAGENET_EIGVAL`) has 90% of its variance on a near-grey first axis.
     The difference is drawn from a Gaussian with that covariance, rescaled to a length in
     [_MIN_COLOUR_DISTANCE, _MAX_COLOUR_DISTANCE]; the first colour is uniform, and both lie in the RGB cube.
     Why: with independent uniform colours (most differences chromatic) the demo's conv1 learned gratings whose
