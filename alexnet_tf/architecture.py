@@ -181,6 +181,11 @@ class AlexNetConfig:
         return int(self.conv1_padding)
 
 
+def scaled_count(count: int, width: float) -> int:
+    """A channel or unit count of the paper's network scaled by `width` (`AlexNetConfig.width`), at least 1."""
+    return max(1, int(round(count * width)))
+
+
 def tower_layer_names(config: AlexNetConfig, base: str) -> tuple[str, ...]:
     """Names of a layer every stream has (conv*, lrn*, pool*): base + "a" and "b" in a two-tower
     network (tower a first), else base itself."""

@@ -35,6 +35,7 @@ from alexnet_tf.architecture import (
     TOWER_CHANNELS,
     TOWER_SUFFIXES,
     AlexNetConfig,
+    scaled_count,
     tower_layer_names,
 )
 from alexnet_tf.layers import LocalResponseNormalization, OnDevice, SplitGroupsConv2D, unwrap
@@ -75,7 +76,8 @@ class AlexNet(keras.Model):
             tower_devices = tuple(tower_devices)
             if config.towers != 2 or len(tower_devices) != 2:
                 raise errors.ConfigError(
-                    f"tower_devices takes two devices and needs towers=2, got {tower_devices} with towers={config.towers}"
+                    f"tower_devices takes two devices and needs towers=2, got {tower_devices} with "
+                    f"towers={config.towers}"
                 )
         inputs, logits = _network(config, tower_devices)
         super().__init__(inputs, logits, name=name)
@@ -121,11 +123,13 @@ def _config(config: AlexNetConfig | None, architecture: dict[str, Any]) -> AlexN
     fields = {field.name for field in dataclasses.fields(AlexNetConfig)}
     unknown = sorted(set(architecture) - fields)
     if unknown:
-        raise errors.ConfigError(f"AlexNet: unknown architecture argument {', '.join(unknown)} (AlexNetConfig has {', '.join(sorted(fields))})")
+        raise errors.ConfigError(f"AlexNet: unknown architecture argument {', '.join(unknown)} "
+                                 f"(AlexNetConfig has {', '.join(sorted(fields))})")
     if config is None:
         return AlexNetConfig(**architecture)
     if architecture:
-        raise errors.ConfigError(f"AlexNet: give config or architecture arguments, not both (got config and {', '.join(sorted(architecture))})")
+        raise errors.ConfigError("AlexNet: give config or architecture arguments, not both "
+                                 f"(got config and {', '.join(sorted(architecture))})")
     return config
 
 
@@ -188,7 +192,7 @@ def _network(
     devices = list(tower_devices) if tower_devices is not None else [None] * towers
     suffixes = TOWER_SUFFIXES if towers == 2 else ("",)
     # Channels of one stream: a tower holds half of each layer; a single stream holds all.
-    channels = {k: _scaled(c, config.width) * (2 // towers) for k, c in TOWER_CHANNELS.items()}
+    channels = {k: scaled_count(c, config.width) * (2 // towers) for k, c in TOWER_CHANNELS.items()}
     stream_groups = config.groups if towers == 1 else 1
     pool_size, pool_stride = POOLING[config.pooling]
     seeds = itertools.count(config.seed) if config.seed is not None else itertools.repeat(None)
@@ -260,7 +264,7 @@ def _network(
     head = devices[0]
     x = place(keras.layers.Concatenate(name="pool5_concat"), head)(xs) if towers == 2 else xs[0]
     x = place(keras.layers.Flatten(name="flatten"), head)(x)
-    fc_units = _scaled(FC_UNITS, config.width)
+    fc_units = scaled_count(FC_UNITS, config.width)
     for base in FC_LAYERS[:2]:
         x = place(dense(base, fc_units, activation=activation), head)(x)
         if config.dropout:
@@ -268,10 +272,6 @@ def _network(
     # Logits in float32 under a mixed policy: the softmax cross-entropy needs the range.
     logits = place(dense(FC_LAYERS[2], config.num_classes, dtype="float32"), head)(x)
     return inputs, logits
-
-
-def _scaled(count: int, width: float) -> int:
-    return max(1, int(round(count * width)))
 
 
 def _initializers(base: str, init: str, seed: int | None, input_scale: float) -> dict[str, Any]:

@@ -82,7 +82,7 @@ class EpochTensorBoard(keras.callbacks.TensorBoard):
 
 
 class LearningRateSteps(keras.callbacks.Callback):
-    """Writes `schedule/learning_rate` against the optimizer's step, LEARNING_RATE_POINTS_PER_EPOCH times an
+    """Writes `schedule/learning_rate_by_batch` against the optimizer's step, LEARNING_RATE_POINTS_PER_EPOCH times an
     epoch and at each epoch's first and last batch (module docstring)."""
 
     def __init__(self, log_dir: str, is_chief: bool = True):

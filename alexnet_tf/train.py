@@ -400,7 +400,8 @@ def main(argv: list[str]) -> None:
     for what, where in [("Checkpoint", results["checkpoint"]),
                         ("TensorBoard", f"tensorboard --logdir {results['tensorboard_logdir']}"),
                         ("SavedModel", results.get("export_dir")), ("conv1 filters", results.get("conv1_png")),
-                        ("Figure 4", results.get("predictions_png") and results["predictions_png"].rsplit("/", 1)[0]),
+                        ("Figure 4", results.get("predictions_png")
+                         and model_dir_lib.join(flags.FLAGS.model_dir, model_dir_lib.FIGURES)),
                         ("Worker model", results.get("worker_model")),
                         ("Results", model_dir_lib.join(flags.FLAGS.model_dir, model_dir_lib.RESULTS))]:
         if where:

@@ -208,8 +208,8 @@ class KerasContender:
         self.name = variant if policy == "float32" else f"{variant}/{policy}"
         self.batch_size = len(images)
         with dtype_policy(policy):
-            self.model = model_lib.build_alexnet(num_classes=NUM_CLASSES, image_size=images.shape[1], width=_WIDTH.value,
-                                                 seed=0, **VARIANTS[variant])
+            self.model = model_lib.build_alexnet(num_classes=NUM_CLASSES, image_size=images.shape[1],
+                                                 width=_WIDTH.value, seed=0, **VARIANTS[variant])
         self.model.compile(optimizer=PaperSGD(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                            metrics=[TopKError(1), TopKError(5)], jit_compile=_XLA.value,
                            steps_per_execution=_STEPS_PER_EXECUTION.value)
@@ -428,17 +428,23 @@ class SavedModelContender:
 
     def images_rate(self, steps: int) -> float:
         """`predict_images` images per second on the float batch, over `steps` calls."""
-        start = time.perf_counter()
-        for _ in range(steps):
-            {name: value.numpy() for name, value in self.predict(images=self.images).items()}
-        return steps * self.batch_size / (time.perf_counter() - start)
+        return _images_per_sec(lambda: _fetch(self.predict(images=self.images)), steps, self.batch_size)
 
     def jpeg_rate(self, steps: int) -> float:
         """`serving_default` images per second on the JPEG batch (decode, rescale, crop, mean, network, top 5)."""
-        start = time.perf_counter()
-        for _ in range(steps):
-            {name: value.numpy() for name, value in self.serve(images=self.jpegs).items()}
-        return steps * len(self.jpegs) / (time.perf_counter() - start)
+        return _images_per_sec(lambda: _fetch(self.serve(images=self.jpegs)), steps, len(self.jpegs))
+
+
+def _fetch(outputs: dict[str, tf.Tensor]) -> dict[str, np.ndarray]:
+    return {name: value.numpy() for name, value in outputs.items()}
+
+
+def _images_per_sec(call, steps: int, batch_size: int) -> float:
+    """Images per second of `steps` calls of `call()`, each answering `batch_size` images."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        call()
+    return steps * batch_size / (time.perf_counter() - start)
 
 
 class OnnxRuntimeContender:
@@ -474,10 +480,7 @@ class OnnxRuntimeContender:
         return self.session.run(["logits"], self.feed)[0]
 
     def images_rate(self, steps: int) -> float:
-        start = time.perf_counter()
-        for _ in range(steps):
-            self.session.run(["logits"], self.feed)
-        return steps * self.batch_size / (time.perf_counter() - start)
+        return _images_per_sec(lambda: self.session.run(["logits"], self.feed), steps, self.batch_size)
 
 
 def run_serve() -> dict:
@@ -492,8 +495,8 @@ def run_serve() -> dict:
     threads, batch_size, image_size = _THREADS.value, _BATCH_SIZE.value, _IMAGE_SIZE.value
     policy = _DTYPE_POLICY.value[0]
     with dtype_policy(policy):
-        model = model_lib.build_alexnet(num_classes=NUM_CLASSES, image_size=image_size, width=_WIDTH.value, init="he", seed=0,
-                                        **VARIANTS["grouped"])
+        model = model_lib.build_alexnet(num_classes=NUM_CLASSES, image_size=image_size, width=_WIDTH.value,
+                                        init="he", seed=0, **VARIANTS["grouped"])
     images, _ = synthetic_batch(batch_size, image_size)
     jpegs = synthetic_jpegs(batch_size)
     # ImageNet's published per-channel mean: no statistics file needed, the same arithmetic as a mean image.
@@ -523,7 +526,8 @@ def run_serve() -> dict:
             "savedmodel_jpeg_images_per_sec": _median(runs["savedmodel_jpeg"]),
             "inference_flops_per_image": flops, "matmul_peak_gflops": peak,
             "roofline_images_per_sec": round(roofline, 1), "roofline_fraction": round(rate / roofline, 3),
-            "roofline_fraction_paired": round(paired, 3), "max_abs_logit_difference": float(np.abs(logits - reference).max()),
+            "roofline_fraction_paired": round(paired, 3),
+            "max_abs_logit_difference": float(np.abs(logits - reference).max()),
             "max_abs_logit": float(np.abs(reference).max()),
             "savedmodel_runs": runs["savedmodel"], "onnxruntime_runs": runs["onnxruntime"],
             "savedmodel_jpeg_runs": runs["savedmodel_jpeg"], "matmul_runs": runs["matmul_gflops"],

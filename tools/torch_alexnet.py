@@ -70,7 +70,8 @@ class TorchAlexNet(nn.Module):
                  dropout: float = architecture.DROPOUT_RATE):
         super().__init__()
         # One stream holds both towers' channels (Figure 2), each tower's scaled as build_alexnet's.
-        c = {name: 2 * _scaled(count, width) for name, count in architecture.TOWER_CHANNELS.items()}
+        c = {name: 2 * architecture.scaled_count(count, width)
+             for name, count in architecture.TOWER_CHANNELS.items()}
         lrn = dict(
             size=layers_lib.LRN_DEPTH,
             alpha=layers_lib.LRN_ALPHA * layers_lib.LRN_DEPTH,  # mean convention, see above
@@ -97,7 +98,7 @@ class TorchAlexNet(nn.Module):
         )
         with torch.no_grad():
             features = self.features(torch.zeros(1, 3, image_size, image_size)).numel()
-        units = _scaled(architecture.FC_UNITS, width)
+        units = architecture.scaled_count(architecture.FC_UNITS, width)
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(features, units),
@@ -182,8 +183,3 @@ def export_onnx(model: TorchAlexNet, path: str, image_size: int, opset: int = 17
         warnings.simplefilter("ignore")  # The TorchScript exporter's deprecation notice.
         torch.onnx.export(model, (example,), path, dynamo=False, opset_version=opset, input_names=["images"],
                           output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-
-
-def _scaled(count: int, width: float) -> int:
-    """A channel or unit count scaled by `width`, rounded as `build_alexnet` rounds it."""
-    return max(1, int(round(count * width)))

@@ -72,7 +72,7 @@ def pca_color_shifts(eigval: tf.Tensor, eigvec: tf.Tensor, seed: tf.Tensor, batc
 
 
 def finish_crops_ops(crops: tf.Tensor, mean_image: tf.Tensor, offsets: tf.Tensor, rgb_shifts: tf.Tensor,
-                 mirror: tf.Tensor, bgr: bool = False) -> tf.Tensor:
+                     mirror: tf.Tensor, bgr: bool = False) -> tf.Tensor:
     """The model input from uint8 crops [B, s, s, 3], crop b taken at `offsets[b]` (y, x) of its stored image.
 
     Returns float32 [B, s, s, 3]: crop - the same window of `mean_image` (float32 [S, S, 3], 0-255) +
@@ -91,7 +91,6 @@ def finish_crops_ops(crops: tf.Tensor, mean_image: tf.Tensor, offsets: tf.Tensor
     images = tf.cast(crops, tf.float32) - windows + rgb_shifts[:, tf.newaxis, tf.newaxis, :]
     images = tf.where(mirror[:, tf.newaxis, tf.newaxis, tf.newaxis], tf.reverse(images, axis=[2]), images)
     return tf.reverse(images, axis=[3]) if bgr else images
-
 
 
 # The training pipeline's batch pass, fused by XLA (see the module docstring); never in an exported graph.

@@ -196,21 +196,12 @@ def make_eval_transform(config: DataConfig, image_size: int = IMAGENET_CROP_SIZE
     return _eval_transform(config, source, image_size, ten_crop, any_image)
 
 
-def _decode_any_window_bounded(stored_size: int) -> sources.WindowDecoder:
-    """`sources.decode_any_window` with the header's size checked before decoding (`augment.decode_bounded`)."""
-    def decode(encoded: tf.Tensor, offset: tf.Tensor, size: int) -> tf.Tensor:
-        image = augment.decode_bounded(encoded)
-        window = augment.crop(augment.resize_shorter_and_centre_crop(image, stored_size), offset, size)
-        return tf.ensure_shape(window, [size, size, 3])
-    return decode
-
-
 def _eval_transform(config: DataConfig, source: sources.Source | None, image_size: int, ten_crop: bool,
                     any_image: bool) -> Callable[[tf.Tensor], tf.Tensor]:
     stored_size = _stored_size(config, source, image_size)
     stats = _stats(config, source, stored_size, pca_noise=False)
     if any_image or source is None:
-        decode_window = _decode_any_window_bounded(stored_size)
+        decode_window = sources.decode_any_window(stored_size)
     else:
         decode_window = source.window_decoder(stored_size)
     mean_image = _mean_image(config, stats)

@@ -15,7 +15,6 @@ Labels are int64 class indices in sorted-wnid order (n01440764 -> 0 for ImageNet
 from __future__ import annotations
 
 import abc
-
 import functools
 from collections.abc import Callable
 
