@@ -103,9 +103,9 @@ class AlexNetConfig:
         activation: "relu" or "tanh" (section 3.1, Figure 1).
         dropout: rate on fc6 and fc7 (0 disables), Keras' inverted dropout (module docstring).
         init: "paper" (N(0, 0.01) weights, biases 1 in conv2, conv4, conv5, fc6 and fc7, else
-            0), or "he" (He-normal weights, conv1's scaled for 0-255 pixels, zero biases: trains
-            from scratch without the loss sticking at ln(num_classes) that the paper's init can
-            cause in reproductions).
+            0), or "he" (He-normal weights, conv1's scaled for 0-255 pixels, fc8's the paper's
+            N(0, 0.01), zero biases: trains from scratch without the loss sticking at
+            ln(num_classes) that the paper's init can cause in reproductions).
         conv1_padding: "auto" (module docstring), or pixels of zero padding on each side.
         input_scale: multiplies the input first (a weightless Rescaling layer). 1.0 is the
             paper's raw mean-subtracted 0-255 values; 1/64 brings them to about unit variance,

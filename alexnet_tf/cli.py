@@ -56,7 +56,8 @@ def define_model_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_float("dropout", _DEFAULTS.dropout, "Dropout rate on fc6 and fc7 (section 4.2).",
                        lower_bound=0.0, upper_bound=0.99, flag_values=fv)
     flags.DEFINE_enum("init", _DEFAULTS.init, ["paper", "he"],
-                      "Initialization: the paper's (section 5) or He-normal.", flag_values=fv)
+                      "Initialization: the paper's (section 5) or He-normal (fc8 keeps the paper's N(0, 0.01)).",
+                      flag_values=fv)
     flags.DEFINE_float("input_scale", _DEFAULTS.input_scale, "Multiplies the preprocessed input (1.0: the "
                        "paper's 0-255 values; 1/64: about unit variance).", lower_bound=1e-6, flag_values=fv)
     flags.register_validator("lrn_depth", lambda v: v % 2 == 1, "--lrn_depth must be odd", flag_values=fv)

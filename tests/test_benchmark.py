@@ -260,7 +260,7 @@ def test_serve_times_savedmodel_and_onnxruntime_on_the_same_logits(onnxruntime):
     assert line["threads"] == line["onnxruntime_intra_op_threads"] == line["intra_op_threads"] == 1
 
 
-def test_serve_refuses_another_variant(onnxruntime):
+def test_serve_refuses_another_variant():
     result = _benchmark("serve", "--variant=paper")
     assert result.returncode != 0 and "benchmark: error: serve times the grouped network" in result.stderr
     assert "Traceback" not in result.stderr

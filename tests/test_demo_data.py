@@ -1,5 +1,6 @@
 """Tests of alexnet_tf.data.demo: layout, determinism, decodability and learnability of the demo data set."""
 
+import json
 import os
 import sys
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from alexnet_tf import errors
 from alexnet_tf.data import demo, stats
 
 SMALL = dict(num_classes=3, train_per_class=4, val_per_class=2, size=32, seed=1)
@@ -165,6 +167,15 @@ def test_ensure_demo_data_generates_and_prepares_once(tmp_path, monkeypatch):
     assert os.path.exists(os.path.join(data_dir, "stats.npz"))
     monkeypatch.setattr(prepare, "prepare", lambda *a, **k: pytest.fail("prepared again"))
     demo.ensure_demo_data(data_dir)  # Already prepared: nothing to do.
+    # Images of an older drawing are named, not trained on: the demo's numbers are this drawing's.
+    with open(os.path.join(data_dir, demo.VERSION_FILE), "w") as f:
+        json.dump({"version": demo.VERSION - 1}, f)
+    with pytest.raises(errors.DataError, match=f"older alexnet_tf \\(version {demo.VERSION - 1}, this one draws "
+                                               f"version {demo.VERSION}\\): delete it"):
+        demo.ensure_demo_data(data_dir)
+    os.remove(os.path.join(data_dir, demo.VERSION_FILE))  # As in every folder written before the version.
+    with pytest.raises(errors.DataError, match="version None"):
+        demo.ensure_demo_data(data_dir)
 
 
 if __name__ == "__main__":

@@ -20,14 +20,21 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture
 def run(data_dir, tmp_path):
-    """Trains in-process as the command line `args` says; returns the final weights. Op determinism, which
-    TensorFlow keeps for the rest of the process, is switched off again afterwards."""
+    """Trains in-process as the command line `args` says (`train.build`, then `train.fit`: the figures and the
+    export after the last epoch change no weight); returns the weights of the last checkpoint. Op determinism,
+    which TensorFlow keeps for the rest of the process, is switched off again afterwards."""
     runs = []
 
     def train_with(*args):
-        runs.append(train.run(flag_parser(train)(*TINY, f"--data_dir={data_dir}",
-                                                 f"--model_dir={tmp_path / str(len(runs))}", *args)))
-        return keras.models.load_model(runs[-1]["checkpoint"], compile=False).get_weights()
+        model_dir = tmp_path / str(len(runs))
+        trainer = train.build(train.config_from_flags(flag_parser(train)(
+            *TINY, f"--data_dir={data_dir}", f"--model_dir={model_dir}", *args)))
+        try:
+            train.fit(trainer)
+        finally:
+            trainer.lock.release()
+        runs.append(model_dir)
+        return keras.models.load_model(model_dir / "checkpoints" / "epoch_001.keras", compile=False).get_weights()
 
     yield train_with
     tf_config.disable_op_determinism()

@@ -48,6 +48,15 @@ def model_dir(finished_run, tmp_path):
     return shutil.copytree(finished_run, tmp_path / "model")
 
 
+def fit(flag_values):
+    """`train.build`, then `train.fit`: a run's epochs without the figures and the export after the last one."""
+    trainer = train.build(train.config_from_flags(flag_values))
+    try:
+        train.fit(trainer)
+    finally:
+        trainer.lock.release()
+
+
 def contents(directory):
     """{relative path: SHA-256} of every file under `directory`."""
     return {str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
@@ -214,9 +223,9 @@ def test_a_damaged_latest_backup_resumes_from_the_previous_one(two_epoch_run, da
     model_dir = shutil.copytree(two_epoch_run, tmp_path / "model")
     spoil(model_dir / "backup")
     (model_dir / "results.json").unlink()
-    results = train.run(parse(f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=3"))
+    fit(parse(f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=3"))
     output = capfd.readouterr().out
-    assert results["checkpoint"].endswith("epoch_003.keras")
+    assert "epoch_003.keras" in os.listdir(model_dir / "checkpoints")
     # The previous backup holds epoch 1 (or the latest its epoch 2): never a fresh start.
     assert "Epoch 1/3" not in output and "Epoch 3/3" in output
 
@@ -247,7 +256,8 @@ def test_the_run_is_recorded_before_anything_can_be_resumed(data_dir, parse, tmp
 def test_resuming_with_another_learning_rate_says_it_is_ignored(model_dir, data_dir, parse, caplog):
     (model_dir / "results.json").unlink()
     with caplog.at_level("WARNING"):
-        train.run(parse(f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=2", "--learning_rate=0.05"))
+        train.build(train.config_from_flags(parse(f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=2",
+                                                  "--learning_rate=0.05"))).lock.release()
     assert "--learning_rate=0.05 is ignored: this run resumes with its saved schedule, begun with " \
            "learning_rate=0.01." in caplog.text
 

@@ -61,6 +61,18 @@ def test_fast_lrn_has_tensorflows_outputs_and_gradients(n, k, alpha, beta):
     np.testing.assert_allclose(dx_fast, dx_tf, rtol=1e-4, atol=1e-5 * np.abs(dx_tf).max())
 
 
+def test_lrn_trains_on_the_fast_gradient_and_infers_with_tensorflows_op():
+    layer = LocalResponseNormalization()
+    x = tf.constant(np.maximum(np.random.default_rng(2).normal(0, 40, (2, 5, 6, 13)), 0).astype(np.float32))
+
+    def op_types(training):
+        graph = tf.function(lambda t: layer(t, training=training)).get_concrete_function(x).graph
+        return {op.type for op in graph.get_operations()}
+
+    assert "LRN" in op_types(False) and "LRN" in op_types(None) and "LRN" not in op_types(True)
+    np.testing.assert_allclose(layer(x, training=True), layer(x, training=False), rtol=1e-5, atol=1e-6)
+
+
 def _tensorflow_lrn(x, n, k, alpha, beta):
     return tf.nn.local_response_normalization(x, n // 2, k, alpha, beta)
 

@@ -102,6 +102,12 @@ def test_he_initialization():
     assert not keras.ops.convert_to_numpy(inner_layer(model, "conv2").bias).any()
     conv1 = keras.ops.convert_to_numpy(inner_layer(model, "conv1").kernel)
     assert conv1.std() == pytest.approx(np.sqrt(2 / (11 * 11 * 3)) / 58.0, rel=0.05)
+    # The classifier feeds the softmax, not a ReLU: it keeps the paper's N(0, 0.01), so the logits start small
+    # (0.44 here; He-normal's sqrt(2 / 1024) = 0.044 would make them 2.0).
+    fc8 = keras.ops.convert_to_numpy(inner_layer(model, "fc8").kernel)
+    assert fc8.std() == pytest.approx(0.01, rel=0.05) and not inner_layer(model, "fc8").bias.numpy().any()
+    logits = model(np.random.default_rng(0).normal(0, 58, (8, 224, 224, 3)).astype(np.float32)).numpy()
+    assert logits.std() < 1.0
 
 
 def test_seed_makes_initialization_repeatable():

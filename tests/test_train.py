@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import tensorflow as tf
 
 from alexnet_tf import train
 from tests import tiny_data
+from tests.flag_parsing import flag_parser
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--width=0.0625", "--image_size=64", "--batch_size=8", "--seed=1", "--keep_checkpoints=2"]
@@ -24,12 +26,26 @@ def data_dir(tmp_path_factory):
     return tiny_data.prepared_dataset(str(tmp_path_factory.mktemp("data")))
 
 
+@pytest.fixture(scope="module")
+def two_epoch_run(data_dir, tmp_path_factory):
+    """two_epoch_run(strategy) -> (MODEL_DIR, results) of a two-epoch run, trained once per strategy for every
+    test that reads it."""
+    finished = {}
+
+    def run(strategy):
+        if strategy not in finished:
+            model_dir = str(tmp_path_factory.mktemp(strategy) / "model")
+            flag_values = flag_parser(train)(*TINY, f"--data_dir={data_dir}", f"--model_dir={model_dir}",
+                                             "--epochs=2", f"--strategy={strategy}", "--tower_devices=/CPU:0,/CPU:1")
+            finished[strategy] = model_dir, train.run(flag_values)
+        return finished[strategy]
+
+    return run
+
+
 @pytest.mark.parametrize("strategy", ["one_device", "mirrored", "towers"])
-def test_run_trains_and_writes_results(parse, data_dir, tmp_path, strategy):
-    model_dir = str(tmp_path / "model")
-    flag_values = parse(*TINY, f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=2",
-                        f"--strategy={strategy}", "--tower_devices=/CPU:0,/CPU:1")
-    results = train.run(flag_values)
+def test_run_trains_and_writes_results(two_epoch_run, strategy):
+    model_dir, results = two_epoch_run(strategy)
     with open(os.path.join(model_dir, "results.json")) as f:
         assert json.load(f) == results
     assert results["epochs"] == 2
@@ -48,11 +64,10 @@ def test_run_trains_and_writes_results(parse, data_dir, tmp_path, strategy):
     assert tf.saved_model.load(results["export_dir"]).signatures.keys() >= {"serving_default", "predict_images"}
 
 
-def test_tensorboard_scalars_of_a_run(parse, data_dir, tmp_path):
+def test_tensorboard_scalars_of_a_run(two_epoch_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    model_dir = tmp_path / "model"
-    train.run(parse(*TINY, f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=2"))
+    model_dir = pathlib.Path(two_epoch_run("one_device")[0])
     runs = {}
     for run_name in ("train", "validation", "conv1", "schedule", "figures"):
         events = EventAccumulator(str(model_dir / "logs" / run_name))

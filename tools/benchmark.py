@@ -485,13 +485,13 @@ class OnnxRuntimeContender:
 
 def run_serve() -> dict:
     """The `serve` subcommand: the SavedModel's two signatures against ONNX Runtime, alternating."""
+    if flags.FLAGS["variant"].present and set(_VARIANT.value) != {"grouped"}:
+        raise errors.ConfigError("serve times the grouped network (ONNX Runtime's twin is grouped): drop --variant")
     try:
-        import onnxruntime  # noqa: F401  Checked first: building and exporting take a while.
+        import onnxruntime  # noqa: F401  Checked before the model: building and exporting take a while.
         import torch  # noqa: F401
     except ImportError as error:
         raise errors.ConfigError(f"serve needs {error.name}: pip install -r requirements-bench.txt") from None
-    if flags.FLAGS["variant"].present and set(_VARIANT.value) != {"grouped"}:
-        raise errors.ConfigError("serve times the grouped network (ONNX Runtime's twin is grouped): drop --variant")
     threads, batch_size, image_size = _THREADS.value, _BATCH_SIZE.value, _IMAGE_SIZE.value
     policy = _DTYPE_POLICY.value[0]
     with dtype_policy(policy):
