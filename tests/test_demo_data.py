@@ -140,8 +140,8 @@ def test_classes_differ_by_pattern_not_by_colour(tmp_path):
     demo.generate(str(root), num_classes=10, train_per_class=40, val_per_class=20, size=48, seed=0)
     train_images, train_labels = _load(root, "train")
     val_images, val_labels = _load(root, "val")
-    # Chance is 0.1. A nearest-class-mean on the coarse spectrum (0.61 when written) separates many
-    # classes, though not all: the diagonal class has two modes, and dots differ by arrangement...
+    # Chance is 0.1. A nearest-class-mean on the coarse spectrum separates many classes, though not all:
+    # the diagonal class has two modes, and an edge, a blob and a cross differ by shape more than spectrum...
     spectral = _nearest_class_mean_accuracy(
         _spectrum_features(train_images), train_labels, _spectrum_features(val_images), val_labels
     )
