@@ -8,9 +8,9 @@ so that the demo is prepared by the same tools as ImageNet (`alexnet_tf.data.pre
 ImageNet-style ids n90000000, n90000001, ... (class i is `n9000000i` for i < 10), sorted in class order.
 
 Each class is a kind of pattern (gratings at three orientations, checkerboards, rings, blobs, edges, crosses,
-zigzags, ...) drawn as a soft mask between two random colours (differing mostly in brightness, as across photographs'
-edges: `_colour_pair`), with random frequency, phase, position, size and orientation jitter, then additive
-Gaussian pixel noise. The colours are drawn independently of the class,
+zigzags, ...) drawn as a soft mask between two random colours (differing mostly in brightness, as across
+photographs' edges: `_colour_pair`), with random frequency, phase, position, size and orientation jitter, then
+additive Gaussian pixel noise. The colours are drawn independently of the class,
 so neither the mean colour nor any single pixel tells the classes apart: the shape does. The oriented
 gratings and edges are the kind of input whose first-layer filters become Gabor-like.
 
