@@ -8,7 +8,7 @@ import pytest
 from tensorflow.python.framework import config as tf_config
 
 from alexnet_tf import train
-from tests import tiny_data
+from tests import tiny_data, training
 from tests.flag_parsing import flag_parser
 TINY = ["--width=0.0625", "--image_size=64", "--batch_size=8", "--epochs=1"]
 
@@ -20,19 +20,14 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture
 def run(data_dir, tmp_path):
-    """Trains in-process as the command line `args` says (`train.build`, then `train.fit`: the figures and the
-    export after the last epoch change no weight); returns the weights of the last checkpoint. Op determinism,
-    which TensorFlow keeps for the rest of the process, is switched off again afterwards."""
+    """Trains in-process as the command line `args` says (`training.fit`: the epochs, not the figures and the
+    export); returns the weights of the last checkpoint. Op determinism, which TensorFlow keeps for the rest of
+    the process, is switched off again afterwards."""
     runs = []
 
     def train_with(*args):
         model_dir = tmp_path / str(len(runs))
-        trainer = train.build(train.config_from_flags(flag_parser(train)(
-            *TINY, f"--data_dir={data_dir}", f"--model_dir={model_dir}", *args)))
-        try:
-            train.fit(trainer)
-        finally:
-            trainer.lock.release()
+        training.fit(flag_parser(train)(*TINY, f"--data_dir={data_dir}", f"--model_dir={model_dir}", *args))
         runs.append(model_dir)
         return keras.models.load_model(model_dir / "checkpoints" / "epoch_001.keras", compile=False).get_weights()
 

@@ -19,6 +19,7 @@ from absl import flags
 from alexnet_tf import cli, distribute, errors, train
 from tests import tiny_data
 from tests.flag_parsing import flag_parser
+from tests.training import fit
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--width=0.0625", "--image_size=64", "--batch_size=8", "--seed=1"]
 
@@ -46,15 +47,6 @@ def finished_run(data_dir, tmp_path_factory):
 def model_dir(finished_run, tmp_path):
     """A copy of the finished run's MODEL_DIR."""
     return shutil.copytree(finished_run, tmp_path / "model")
-
-
-def fit(flag_values):
-    """`train.build`, then `train.fit`: a run's epochs without the figures and the export after the last one."""
-    trainer = train.build(train.config_from_flags(flag_values))
-    try:
-        train.fit(trainer)
-    finally:
-        trainer.lock.release()
 
 
 def contents(directory):
