@@ -6,8 +6,9 @@
     alexnet_tf.load_npy_weights(model, "bvlc_alexnet.npy")
 """
 
-from alexnet_tf import quiet
+from alexnet_tf import onednn, quiet
 
+onednn.set_default()  # Before TensorFlow starts, which reads it once: onednn.py.
 quiet.import_quietly("tensorflow")  # Its import-time notices held back, and nothing else changed: quiet.py.
 
 from alexnet_tf.layers import LocalResponseNormalization, OnDevice  # noqa: E402

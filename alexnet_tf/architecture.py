@@ -110,6 +110,9 @@ class AlexNetConfig:
         input_scale: multiplies the input first (a weightless Rescaling layer). 1.0 is the
             paper's raw mean-subtracted 0-255 values; 1/64 brings them to about unit variance,
             which lets narrow networks with He initialization train at the paper's learning rate.
+        conv1_init_gain: multiplies the standard deviation of conv1's initial kernel (under either
+            init); 1.0 is the init's own. Below 1, conv1 starts closer to zero, so that less of
+            its random start is left in the learned filters (flags/demo.cfg says why it needs 0.25).
         seed: seeds the initializers (layer i gets seed + i); None uses Keras' global seed.
 
     Raises:
@@ -132,6 +135,7 @@ class AlexNetConfig:
     init: str = "paper"
     conv1_padding: str | int = "auto"
     input_scale: float = 1.0
+    conv1_init_gain: float = 1.0
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -167,6 +171,8 @@ class AlexNetConfig:
             return f"conv1_padding must be 'auto' or a number of pixels >= 0, got {self.conv1_padding!r}"
         if not self.input_scale > 0:
             return f"input_scale must be positive, got {self.input_scale!r}"
+        if not self.conv1_init_gain > 0:
+            return f"conv1_init_gain must be positive, got {self.conv1_init_gain!r}"
         if self.seed is not None and not _is_int(self.seed):
             return f"seed must be an integer or None, got {self.seed!r}"
         if not _is_int(self.image_size) or pool5_size(self) < 1:

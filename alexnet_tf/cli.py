@@ -25,7 +25,8 @@ from alexnet_tf.data.sources import TFDS_PREFIX
 
 DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 MODEL_FLAGS = ("towers", "groups", "width", "image_size", "num_classes", "lrn", "lrn_k", "lrn_alpha",
-               "lrn_beta", "lrn_depth", "pooling", "activation", "dropout", "init", "input_scale")
+               "lrn_beta", "lrn_depth", "pooling", "activation", "dropout", "init", "input_scale",
+               "conv1_init_gain")
 _DEFAULTS = AlexNetConfig()
 
 
@@ -60,6 +61,8 @@ def define_model_flags(fv: flags.FlagValues) -> None:
                       flag_values=fv)
     flags.DEFINE_float("input_scale", _DEFAULTS.input_scale, "Multiplies the preprocessed input (1.0: the "
                        "paper's 0-255 values; 1/64: about unit variance).", lower_bound=1e-6, flag_values=fv)
+    flags.DEFINE_float("conv1_init_gain", _DEFAULTS.conv1_init_gain, "Multiplies the standard deviation of "
+                       "conv1's initial kernel (1.0: the --init's own).", lower_bound=1e-6, flag_values=fv)
     flags.register_validator("lrn_depth", lambda v: v % 2 == 1, "--lrn_depth must be odd", flag_values=fv)
 
 

@@ -196,7 +196,7 @@ def _network(
     stream_groups = config.groups if towers == 1 else 1
     pool_size, pool_stride = POOLING[config.pooling]
     seeds = itertools.count(config.seed) if config.seed is not None else itertools.repeat(None)
-    activation, init, input_scale = config.activation, config.init, config.input_scale
+    activation, input_scale = config.activation, config.input_scale
 
     def place(layer: keras.layers.Layer, device: str | None) -> keras.layers.Layer:
         # Every layer of a two-tower model is wrapped, placed or not, so that placed and
@@ -221,7 +221,7 @@ def _network(
                 groups=groups,
                 activation=activation,
                 name=layer_name,
-                **_initializers(base, init, next(seeds), input_scale),
+                **_initializers(base, config, next(seeds)),
             )
 
         return make
@@ -235,7 +235,7 @@ def _network(
         return keras.layers.MaxPooling2D(pool_size, pool_stride, name=layer_name)
 
     def dense(base: str, units: int, **kwargs: Any) -> keras.layers.Layer:
-        return keras.layers.Dense(units, name=base, **_initializers(base, init, next(seeds), input_scale), **kwargs)
+        return keras.layers.Dense(units, name=base, **_initializers(base, config, next(seeds)), **kwargs)
 
     inputs = keras.Input((config.image_size, config.image_size, 3), name="images")
     x = inputs
@@ -274,8 +274,9 @@ def _network(
     return inputs, logits
 
 
-def _initializers(base: str, init: str, seed: int | None, input_scale: float) -> dict[str, Any]:
-    if init == "he" and base == FC_LAYERS[-1]:
+def _initializers(base: str, config: AlexNetConfig, seed: int | None) -> dict[str, Any]:
+    gain = config.conv1_init_gain if base == "conv1" else 1.0
+    if config.init == "he" and base == FC_LAYERS[-1]:
         # The classifier keeps the paper's N(0, 0.01) (section 5). He-normal's factor 2 is for a layer whose
         # outputs pass a ReLU; fc8's go to the softmax, and He-normal logits start at a standard deviation of
         # 1.3-1.7 and a loss of 3.2-4.0 on the demo's 10 classes (ln 10 = 2.3). With them, the first steps'
@@ -283,14 +284,14 @@ def _initializers(base: str, init: str, seed: int | None, input_scale: float) ->
         # every seed at ln(num_classes), as zero-initialized heads do (big_vision's head_zeroinit).
         return {"kernel_initializer": keras.initializers.RandomNormal(0.0, INIT_STDDEV, seed),
                 "bias_initializer": "zeros"}
-    if init == "he":
+    if config.init == "he":
         # He-normal assumes unit-variance inputs; conv1 reads pixels on the 0-255 scale times
         # input_scale, so its variance is divided by theirs (ImageNet's RGB stddev is about 58).
-        scale = 2.0 / (PIXEL_STDDEV * input_scale) ** 2 if base == "conv1" else 2.0
-        kernel = keras.initializers.VarianceScaling(scale, "fan_in", "truncated_normal", seed)
+        scale = 2.0 / (PIXEL_STDDEV * config.input_scale) ** 2 if base == "conv1" else 2.0
+        kernel = keras.initializers.VarianceScaling(scale * gain**2, "fan_in", "truncated_normal", seed)
         return {"kernel_initializer": kernel, "bias_initializer": "zeros"}
     bias = 1.0 if base in BIAS_ONE_LAYERS else 0.0
     return {
-        "kernel_initializer": keras.initializers.RandomNormal(0.0, INIT_STDDEV, seed),
+        "kernel_initializer": keras.initializers.RandomNormal(0.0, INIT_STDDEV * gain, seed),
         "bias_initializer": keras.initializers.Constant(bias),
     }

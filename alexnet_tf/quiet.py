@@ -6,8 +6,9 @@ writes before Abseil's logging is initialized, when no level applies at all (abs
 open; tensorflow pull request 102212): the oneDNN and CPU-feature notices at import, the CUDA probe's "failed
 call to cuInit" on a machine without a GPU, the XLA service's start-up lines.
 
-Importing `alexnet_tf` changes no process state: `import_quietly` only holds back those lines while TensorFlow
-is imported (file descriptor 2 is restored afterwards), without setting environment variables or log levels. The
+`import_quietly` changes no process state: it only holds back those lines while TensorFlow is imported (file
+descriptor 2 is restored afterwards), without setting environment variables or log levels. (Importing
+`alexnet_tf` sets one default before that import, TF_ENABLE_ONEDNN_OPTS: onednn.py.) The
 binaries and tools, which own their process, call `quiet_binary()` in `main`: it filters their stderr stream for
 the rest of the run, line by line (`StderrFilter`), and sets TensorFlow's Python logger to WARNING.
 """

@@ -1,4 +1,5 @@
-"""The binaries' edge: each binary's own flags and help, one error exit, and a package import without side effects."""
+"""The binaries' edge: each binary's own flags and help, one error exit, and a package import whose one side
+effect is oneDNN's default."""
 
 import os
 import subprocess
@@ -18,25 +19,45 @@ def run_python(code, *args, env=None):
                           timeout=120, env=env)
 
 
-def test_importing_the_package_changes_no_process_state():
+@pytest.mark.parametrize("onednn", [None, "0"])
+def test_importing_the_package_changes_no_process_state_but_onednns_default(onednn):
     code = """
-import logging, os, sys
+import logging, os, platform, sys
 before_env, before_levels = dict(os.environ), {n: logging.getLogger(n).level for n in ("", "tensorflow", "absl")}
 import alexnet_tf
 import tensorflow as tf
+from tensorflow.python.util import _pywrap_util_port
 after_levels = {n: logging.getLogger(n).level for n in ("", "tensorflow", "absl")}
-assert dict(os.environ) == before_env, set(os.environ.items()) ^ set(before_env.items())
+expected = dict(before_env)
+if "TF_ENABLE_ONEDNN_OPTS" not in before_env and platform.machine() == "x86_64":
+    expected["TF_ENABLE_ONEDNN_OPTS"] = "1"  # alexnet_tf/onednn.py, read by TensorFlow as it starts:
+    assert _pywrap_util_port.IsMklEnabled()
+assert dict(os.environ) == expected, set(os.environ.items()) ^ set(expected.items())
 assert after_levels == before_levels, (before_levels, after_levels)
 # The runtime is not started: devices can still be configured.
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 assert len(tf.config.list_logical_devices("CPU")) == 2
-print("ok")
+print(_pywrap_util_port.IsMklEnabled())
 """
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
+    if onednn is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = onednn  # A user's choice wins.
     process = run_python(code, env=env)
     assert process.returncode == 0, process.stderr[-2000:]
-    assert process.stdout.strip() == "ok"
+    if onednn == "0":
+        assert process.stdout.strip() == "False"
+
+
+def test_onednn_default_is_not_set_after_tensorflow_started():
+    code = """
+import os, tensorflow, alexnet_tf
+print(os.environ.get("TF_ENABLE_ONEDNN_OPTS"))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    process = run_python(code, env=env)
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert process.stdout.strip() == "None"  # Too late to decide anything: left unset.
 
 
 @pytest.mark.parametrize("binary, own, foreign", [

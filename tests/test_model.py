@@ -110,6 +110,16 @@ def test_he_initialization():
     assert logits.std() < 1.0
 
 
+@pytest.mark.parametrize("init, stddev", [("he", np.sqrt(2 / (11 * 11 * 3)) / (58.0 * 0.125)), ("paper", 0.01)])
+def test_conv1_init_gain_scales_conv1_alone(init, stddev):
+    kwargs = dict(towers=1, groups=1, init=init, width=0.25, image_size=67, num_classes=10, input_scale=0.125, seed=0)
+    plain, scaled = build_alexnet(**kwargs), build_alexnet(conv1_init_gain=0.25, **kwargs)
+    conv1 = keras.ops.convert_to_numpy(inner_layer(scaled, "conv1").kernel)
+    assert conv1.std() == pytest.approx(0.25 * stddev, rel=0.05)
+    for name in ("conv2", "fc6", "fc8"):
+        np.testing.assert_array_equal(inner_layer(scaled, name).kernel.numpy(), inner_layer(plain, name).kernel.numpy())
+
+
 def test_seed_makes_initialization_repeatable():
     a, b = (build_alexnet(width=0.125, image_size=67, num_classes=10, seed=3) for _ in range(2))
     for wa, wb in zip(a.get_weights(), b.get_weights()):
@@ -158,6 +168,7 @@ def test_invalid_arguments():
                             (dict(tower_devices=("/CPU:0",)), "two devices"),
                             (dict(pooling="avg"), "pooling"), (dict(activation="gelu"), "activation"),
                             (dict(init="xavier"), "init"), (dict(width=0), "width"),
+                            (dict(conv1_init_gain=0.0), "conv1_init_gain"),
                             (dict(num_classes=0), "num_classes"), (dict(lrn_depth=4), "lrn_depth"),
                             (dict(dropout=1.0), "dropout"), (dict(conv1_padding="same"), "conv1_padding"),
                             (dict(image_size=63), r"image_size=63 leaves no pixel after pool5")]:
@@ -284,7 +295,7 @@ def test_keras_file_records_the_variant(tmp_path):
     expected = {"name": "caffe", "num_classes": 7, "towers": 1, "groups": 2, "image_size": 227, "width": 0.125,
                 "lrn": True, "lrn_depth": 5, "lrn_k": 1.0, "lrn_alpha": 2e-5, "lrn_beta": 0.75,
                 "pooling": "overlapping", "activation": "relu", "dropout": 0.5, "init": "paper",
-                "conv1_padding": "auto", "input_scale": 0.5, "seed": 3}
+                "conv1_padding": "auto", "input_scale": 0.5, "conv1_init_gain": 1.0, "seed": 3}
     assert saved["config"] == expected
     assert keras.models.load_model(path, safe_mode=True).get_config() == expected
 

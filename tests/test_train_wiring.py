@@ -151,7 +151,7 @@ def test_flags_that_deviate_from_the_paper_reach_their_objects(tmp_path, monkeyp
                                      "--learning_rate=0.02", "--momentum=0.5", "--weight_decay=0.01",
                                      "--lr_patience_epochs=7", "--lr_min_delta=0.02", "--lr_max_reductions=1",
                                      "--lrn_k=1", "--lrn_alpha=2e-5", "--dropout=0.25", "--nopca_noise",
-                                     "--mean=channel", "--input_scale=0.125")
+                                     "--mean=channel", "--input_scale=0.125", "--conv1_init_gain=0.5")
     config = train.config_from_flags(flag_values)
     monkeypatch.setattr(sources, "open_source", lambda data_dir: _Source())
     seen = {}
@@ -164,6 +164,7 @@ def test_flags_that_deviate_from_the_paper_reach_their_objects(tmp_path, monkeyp
     assert (schedule.patience_epochs, schedule.min_delta, schedule.max_reductions) == (7, 0.02, 1)
     assert (model_config["lrn_k"], model_config["lrn_alpha"], model_config["dropout"]) == (1.0, 2e-5, 0.25)
     assert (model_config["width"], model_config["image_size"], model_config["input_scale"]) == (0.0625, 67, 0.125)
+    assert model_config["conv1_init_gain"] == 0.5
     assert inner_layer(trainer.model, "lrn1a").k == 1.0
     assert seen["data"].pca_noise is False and seen["data"].mean == "channel"
 

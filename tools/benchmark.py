@@ -30,8 +30,9 @@ Subcommands:
 
 Timings start after --warmup_steps and are synchronous: Keras' batch callbacks wait for each execution,
 PyTorch on the CPU runs eagerly, `serve` fetches every result. Process-wide settings (the thread flags,
-TF_ENABLE_ONEDNN_OPTS) take effect when TensorFlow starts, so comparing them takes alternating invocations; each
-JSON line records them.
+TF_ENABLE_ONEDNN_OPTS, which alexnet_tf sets to 1 unless it is set: alexnet_tf/onednn.py) take effect when
+TensorFlow starts, so comparing them takes alternating invocations; each JSON line records them, and `onednn`
+whether TensorFlow runs its oneDNN kernels.
 """
 
 import contextlib
@@ -51,6 +52,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
+from tensorflow.python.util import _pywrap_util_port  # noqa: E402  IsMklEnabled: whether oneDNN's kernels run.
 
 from alexnet_tf import architecture, cli, errors, serving  # noqa: E402
 from alexnet_tf.data import ilsvrc, pipeline, records  # noqa: E402
@@ -333,7 +335,8 @@ def _settings() -> dict:
             "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
             "cores": len(os.sched_getaffinity(0)), "xla": _XLA.value, "dtype_policy": _DTYPE_POLICY.value[0],
             "steps_per_execution": _STEPS_PER_EXECUTION.value,
-            "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)"),
+            "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"),
+            "onednn": _pywrap_util_port.IsMklEnabled(),
             "batch_size": _BATCH_SIZE.value, "image_size": _IMAGE_SIZE.value, "width": _WIDTH.value,
             "steps": _STEPS.value, "repeats": _REPEATS.value}
 
