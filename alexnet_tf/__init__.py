@@ -9,7 +9,7 @@
 from alexnet_tf import onednn, quiet
 
 onednn.set_default()  # Before TensorFlow starts, which reads it once: onednn.py.
-quiet.import_quietly("tensorflow")  # Its import-time notices held back, and nothing else changed: quiet.py.
+quiet.import_quietly("tensorflow")  # Its import-time notices held back, nothing else changed: quiet.py.
 
 from alexnet_tf.layers import LocalResponseNormalization, OnDevice  # noqa: E402
 from alexnet_tf.architecture import AlexNetConfig  # noqa: E402
