@@ -145,11 +145,13 @@ def test_dropout_is_inverted_and_off_at_inference():
     model = build_alexnet(width=0.125, image_size=67, num_classes=10, seed=0)
     dropout = inner_layer(model, "dropout6")
     assert dropout.rate == 0.5
-    x = np.ones((1000, 4), np.float32)
+    # 100,000 units: the mean's standard error is 0.003, so 0.02 is over 6 of them (4,000 units failed once
+    # in a suite run at 1.051: the dropout mask is drawn from Keras' unseeded global generator).
+    x = np.ones((10000, 10), np.float32)
     np.testing.assert_array_equal(dropout(x, training=False), x)
     train = keras.ops.convert_to_numpy(dropout(x, training=True))
     assert set(np.unique(train)) == {0.0, 2.0}
-    assert train.mean() == pytest.approx(1.0, abs=0.05)
+    assert train.mean() == pytest.approx(1.0, abs=0.02)
 
 
 def test_width_scales_channels_but_not_classes():
