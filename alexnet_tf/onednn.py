@@ -21,9 +21,7 @@ VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 _X86_64 = ("x86_64", "amd64")
 
 
-def set_default() -> bool:
-    """Sets TF_ENABLE_ONEDNN_OPTS=1 where it decides something (module docstring); returns whether it did."""
-    if VARIABLE in os.environ or "tensorflow" in sys.modules or platform.machine().lower() not in _X86_64:
-        return False
-    os.environ[VARIABLE] = "1"
-    return True
+def set_default() -> None:
+    """Sets TF_ENABLE_ONEDNN_OPTS=1 where it decides something (module docstring)."""
+    if VARIABLE not in os.environ and "tensorflow" not in sys.modules and platform.machine().lower() in _X86_64:
+        os.environ[VARIABLE] = "1"

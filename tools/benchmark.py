@@ -54,7 +54,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 from tensorflow.python.util import _pywrap_util_port  # noqa: E402  IsMklEnabled: whether oneDNN's kernels run.
 
-from alexnet_tf import architecture, cli, errors, serving  # noqa: E402
+from alexnet_tf import architecture, cli, errors, onednn, serving  # noqa: E402
 from alexnet_tf.data import ilsvrc, pipeline, records  # noqa: E402
 from alexnet_tf import model as model_lib  # noqa: E402
 from alexnet_tf.layers import unwrap  # noqa: E402
@@ -335,7 +335,7 @@ def _settings() -> dict:
             "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
             "cores": len(os.sched_getaffinity(0)), "xla": _XLA.value, "dtype_policy": _DTYPE_POLICY.value[0],
             "steps_per_execution": _STEPS_PER_EXECUTION.value,
-            "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"),
+            onednn.VARIABLE: os.environ.get(onednn.VARIABLE, "unset"),
             "onednn": _pywrap_util_port.IsMklEnabled(),
             "batch_size": _BATCH_SIZE.value, "image_size": _IMAGE_SIZE.value, "width": _WIDTH.value,
             "steps": _STEPS.value, "repeats": _REPEATS.value}
