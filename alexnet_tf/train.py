@@ -298,8 +298,11 @@ def build(config: TrainConfig, strategy_override: tf.distribute.Strategy | None 
 
 def run_variant(config: TrainConfig, model_config: AlexNetConfig) -> dict[str, Any]:
     """What shapes the model's and the optimizer's variables, which a resumed run must keep: the architecture
-    (the model's own Keras config, less its initialization) and the training settings that change the state."""
-    architecture = {k: v for k, v in dataclasses.asdict(model_config).items() if k not in ("seed", "init")}
+    (the model's own Keras config, less its initialization) and the training settings that change the state.
+    Initialization stays out: a resume loads the weights, and a MODEL_DIR recorded before a field of it existed
+    (conv1_init_gain) must still resume."""
+    initialization = ("seed", "init", "conv1_init_gain")
+    architecture = {k: v for k, v in dataclasses.asdict(model_config).items() if k not in initialization}
     return {**architecture, "dtype_policy": config.dtype_policy, "freeze_conv": config.freeze_conv}
 
 

@@ -303,3 +303,16 @@ def test_deterministic_without_a_seed_is_one_line_from_the_command_line(tmp_path
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_a_model_dir_recorded_before_conv1_init_gain_existed_resumes(data_dir, parse, tmp_path):
+    """run.json of an older alexnet_tf has no conv1_init_gain: initialization is not part of the variant."""
+    model_dir = tmp_path / "model"
+    flags = (f"--data_dir={data_dir}", f"--model_dir={model_dir}")
+    train.build(train.config_from_flags(parse(*flags)))
+    record = json.loads((model_dir / "run.json").read_text())
+    record["variant"].pop("conv1_init_gain", None)
+    (model_dir / "run.json").write_text(json.dumps(record))
+    (model_dir / "backup").mkdir()
+    train.build(train.config_from_flags(parse(*flags, "--conv1_init_gain=0.5")))
+    assert json.loads((model_dir / "run.json").read_text()) == record
