@@ -91,6 +91,7 @@ def test_the_demo_generates_prepares_and_trains_its_first_epoch(parse, tmp_path)
     assert results["epochs"] == 1 and 0.0 <= results["val_top1_error"] <= 1.0
     assert results["checkpoint"].endswith("epoch_001.keras")
     assert flag_values.towers == 2 and flag_values.width == 0.25 and flag_values.image_size == 64
+    assert flag_values.lr_min_delta == 0.005  # 2.5 of the 500 validation images (flags/demo.cfg)
 
 
 @pytest.mark.parametrize("policy, loss_scaling", [("mixed_float16", True), ("mixed_bfloat16", False)])
