@@ -301,10 +301,6 @@ def test_deterministic_without_a_seed_is_one_line_from_the_command_line(tmp_path
     assert "Flags parsing error: flags deterministic=True, seed=None: --deterministic needs --seed" in process.stderr
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))
-
-
 def test_a_model_dir_recorded_before_conv1_init_gain_existed_resumes(data_dir, parse, tmp_path):
     """run.json of an older alexnet_tf has no conv1_init_gain: initialization is not part of the variant."""
     model_dir = tmp_path / "model"
@@ -316,3 +312,7 @@ def test_a_model_dir_recorded_before_conv1_init_gain_existed_resumes(data_dir, p
     (model_dir / "backup").mkdir()
     train.build(train.config_from_flags(parse(*flags, "--conv1_init_gain=0.5")))
     assert json.loads((model_dir / "run.json").read_text()) == record
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
