@@ -3,7 +3,8 @@
 Each binary (train, evaluate, export) declares its flags in one function of its own, `define_flags(flag_values)`,
 from the groups here, so that every flag has one definition, one help text and one default: the default of the
 typed config it fills (`AlexNetConfig`, `DataConfig`, ...), where the paper's values are named and cited. The
-flags become those configs once, in the binary (`model_config`, `data_config`); library code never sees absl.
+flags become those configs once, in the binary (`architecture_from_flags`, `data_config`); library code never sees
+absl.
 
 A binary defines only its own flags: `train --ten_crop` is an error, not a silently ignored option. Tests give
 each binary a fresh `flags.FlagValues()`, so the three can be parsed in one process.
@@ -11,15 +12,16 @@ each binary a fresh `flags.FlagValues()`, so the three can be parsed in one proc
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any, Callable
 
 import keras
 from absl import app, flags
 
-from alexnet_tf import errors, loading, quiet
-from alexnet_tf import model as model_lib
-from alexnet_tf.architecture import POOLING, AlexNetConfig
+from alexnet_tf import errors, quiet
+from alexnet_tf.model import alexnet, loading, presets
+from alexnet_tf.model.architecture import POOLING, AlexNetConfig
 from alexnet_tf.data.pipeline import CHANNEL_ORDERS, MEAN_MODES, DataConfig
 from alexnet_tf.data.sources import TFDS_PREFIX
 
@@ -31,7 +33,12 @@ _DEFAULTS = AlexNetConfig()
 
 
 def define_model_flags(fv: flags.FlagValues) -> None:
-    """The architecture (`AlexNetConfig`), for building a model or reading a .npy file into one."""
+    """The architecture (`AlexNetConfig`), for building a model or reading a .npy file into one: a --preset, and
+    the fields that change it."""
+    flags.DEFINE_enum("preset", None, list(presets.PRESETS), "A named network and the preprocessing its weights "
+                      f"expect (alexnet_tf/model/presets.py): {presets.PAPER} (Figure 2; the default) or "
+                      f"{presets.BVLC_ALEXNET} (Caffe's published network; the default for a .npy file). Model and "
+                      "data flags given with it change its values.", flag_values=fv)
     flags.DEFINE_integer("towers", _DEFAULTS.towers, "2: the paper's two-tower network (Figure 2); 1: one stream.",
                          lower_bound=1, upper_bound=2, flag_values=fv)
     flags.DEFINE_integer("groups", _DEFAULTS.groups, "For --towers=1: 2 groups in conv2/4/5 (Caffe) or 1 (dense).",
@@ -84,9 +91,6 @@ def define_data_flags(fv: flags.FlagValues, *, training: bool) -> None:
                       flag_values=fv)
     flags.register_validator("mean_rgb", lambda v: v is None or (len(v) == 3 and all(map(_is_number, v))),
                              "--mean_rgb takes three numbers, R,G,B", flag_values=fv)
-    flags.register_multi_flags_validator(["mean_rgb", "mean"],
-                                         lambda v: v["mean_rgb"] is None or v["mean"] == "channel",
-                                         "--mean_rgb needs --mean=channel", flag_values=fv)
     if training:
         flags.DEFINE_boolean("pca_noise", defaults.pca_noise, "PCA colour noise in training (section 4.1).",
                              flag_values=fv)
@@ -131,23 +135,33 @@ def model_paths(fv: flags.FlagValues) -> list[str]:
 
 def load_models(fv: flags.FlagValues) -> list[tuple[str, keras.Model]]:
     """(path, model) for each of `model_paths(fv)`: a .keras checkpoint as it describes itself (model flags that
-    contradict it are refused), a .npy file into the architecture of the model flags."""
+    contradict it are refused), a .npy file into the architecture of the model flags (on the `bvlc_alexnet`
+    preset unless --preset names another)."""
     loaded = []
     for path in model_paths(fv):
-        if path.endswith(".keras"):
+        if path.endswith(loading.CHECKPOINT_SUFFIX):
             network = loading.load_model(path)
-            check_against_checkpoint(fv, path, model_lib.model_config(network))
+            check_against_checkpoint(fv, path, alexnet.architecture_of(network))
         else:
-            network = loading.load_model(path, model_config(fv), num_classes=fv.num_classes)
+            network = loading.load_model(path, architecture_from_flags(fv, default_preset=presets.BVLC_ALEXNET),
+                                         num_classes=fv.num_classes)
         loaded.append((path, network))
     return loaded
 
 
-def model_config(fv: flags.FlagValues, num_classes: int | None = None, seed: int | None = None) -> AlexNetConfig:
-    """The architecture the model flags describe; fc8 has --num_classes units, else `num_classes`."""
-    values = {name: fv[name].value for name in MODEL_FLAGS}
-    values["num_classes"] = values["num_classes"] or num_classes or _DEFAULTS.num_classes
-    return AlexNetConfig(**values, seed=seed)
+def preset(fv: flags.FlagValues, default_preset: str = presets.PAPER) -> presets.Preset:
+    """The --preset the flags name, else `default_preset`."""
+    return presets.get(fv.preset or default_preset)
+
+
+def architecture_from_flags(fv: flags.FlagValues, default_preset: str = presets.PAPER, num_classes: int | None = None,
+                            seed: int | None = None) -> AlexNetConfig:
+    """The architecture the model flags describe: the preset's, with every model flag the user gave on top; fc8 has
+    --num_classes units, else `num_classes`, else the preset's."""
+    base = preset(fv, default_preset).architecture
+    values = explicit_model_flags(fv)
+    values["num_classes"] = values.get("num_classes") or num_classes or base.num_classes
+    return dataclasses.replace(base, **values, seed=seed)
 
 
 def explicit_model_flags(fv: flags.FlagValues) -> dict[str, Any]:
@@ -155,22 +169,34 @@ def explicit_model_flags(fv: flags.FlagValues) -> dict[str, Any]:
     return {name: fv[name].value for name in MODEL_FLAGS if fv[name].present}
 
 
-def check_against_checkpoint(fv: flags.FlagValues, path: str, config: AlexNetConfig) -> None:
-    """Refuses model flags that contradict a .keras checkpoint, which carries its own architecture."""
-    recorded = config.__dict__
-    conflicts = [f"--{name}={value} (it has {recorded[name]})" for name, value in explicit_model_flags(fv).items()
+def check_against_checkpoint(fv: flags.FlagValues, path: str, architecture: AlexNetConfig) -> None:
+    """Refuses model flags (and a --preset) that contradict a .keras checkpoint, which carries its own architecture.
+    A preset's number of classes is not compared: a fine-tuned checkpoint has its own fc8."""
+    asked = {}
+    if fv.preset:
+        asked = {k: v for k, v in dataclasses.asdict(presets.get(fv.preset).architecture).items()
+                 if k not in ("num_classes", "seed")}
+    asked.update(explicit_model_flags(fv))
+    recorded = dataclasses.asdict(architecture)
+    conflicts = [f"--{name}={value} (it has {recorded[name]})" for name, value in asked.items()
                  if recorded.get(name) != value]
     if conflicts:
-        raise errors.ConfigError(f"{path} is another architecture than the flags say: {'; '.join(conflicts)}. A "
-                                 ".keras checkpoint carries its own; drop those flags")
+        source = f" (--preset={fv.preset})" if fv.preset else ""
+        raise errors.ConfigError(f"{path} is another architecture than the flags{source} say: {'; '.join(conflicts)}. "
+                                 "A .keras checkpoint carries its own; drop those flags")
 
 
-def data_config(fv: flags.FlagValues) -> DataConfig:
-    """The data set and preprocessing the data flags describe."""
-    mean_rgb = None if fv.mean_rgb is None else tuple(float(v) for v in fv.mean_rgb)
+def data_config(fv: flags.FlagValues, default_preset: str = presets.PAPER) -> DataConfig:
+    """The data set and preprocessing the data flags describe: the preset's channel order and mean, unless given."""
+    values = preset(fv, default_preset).preprocessing()
+    if fv["mean"].present:  # Another mean than the preset's: its per-channel values go with it.
+        values.update(mean=fv.mean, mean_rgb=None)
+    if fv["mean_rgb"].present:
+        values["mean_rgb"] = tuple(float(v) for v in fv.mean_rgb)
+    if fv["channel_order"].present:
+        values["channel_order"] = fv.channel_order
     extra = {name: fv[name].value for name in ("pca_noise", "shuffle_buffer") if name in fv}
-    return DataConfig(data_dir=fv.data_dir, mean=fv.mean, mean_rgb=mean_rgb, stats_path=fv.stats_path,
-                      channel_order=fv.channel_order, **extra)
+    return DataConfig(data_dir=fv.data_dir, stats_path=fv.stats_path, **values, **extra)
 
 
 def run_main(program: str, run: Callable[[], Any], argv: list[str], on_error: Callable[[int], None] | None = None):

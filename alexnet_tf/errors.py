@@ -7,6 +7,9 @@ names the file, flag or value at fault and, where there is one, the fix.
 
 from __future__ import annotations
 
+import errno
+import re
+
 
 class AlexNetError(Exception):
     """Base class. `exit_code` is the status the binaries exit with."""
@@ -28,3 +31,21 @@ class ModelFileError(AlexNetError):
 
 class TrainingError(AlexNetError):
     """A run stopped by divergence, a lost worker, a busy MODEL_DIR or a full disk."""
+
+
+def disk_error(model_dir: str, error: Exception) -> TrainingError | None:
+    """A TrainingError for a full disk (or quota) met while writing MODEL_DIR; None for any other error."""
+    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(error):
+        return TrainingError(f"no space left while writing {model_dir}: free some and run the same command again; "
+                             "everything up to the last finished epoch is kept")
+    return None
+
+
+def tf_error_line(error: Exception) -> str:
+    """The line of a TensorFlow error (`tf.errors.OpError`) saying what went wrong; the rest of its message is a
+    Python stack."""
+    for line in str(getattr(error, "message", error)).splitlines():
+        if line.strip() and not line[0].isspace() and not line.startswith(
+                ("Graph execution error", "Detected at node", "<stack traces")):
+            return re.sub(r"\{\{[^}]*\}\}\s*", "", line).strip()  # Without {{function_node ...}} tags.
+    return type(error).__name__

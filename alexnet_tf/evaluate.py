@@ -20,7 +20,7 @@ The numbers are printed and written as JSON beside the first model: `<model>.eva
 `_ten_crop` and `_ensembleN` before `.json` for those protocols (so runs of each protocol keep their
 own file), or in --model_dir instead for a `.npy` file when --model_dir is given.
 
-With --figures=DIR, Figure 4 of the paper (section 6.1) is written to DIR (`alexnet_tf.figures`), and the JSON
+With --figures=DIR, Figure 4 of the paper (section 6.1) is written to DIR (`alexnet_tf.analysis.figure4`), and the JSON
 gains `fc7_neighbour_agreement`: over the whole validation set, the fraction of each image's six nearest
 training images (fc7 features, Euclidean) that share its class.
 
@@ -37,12 +37,12 @@ from typing import Any, Sequence
 
 import keras
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
-from alexnet_tf import cli, errors, figures, loading
-from alexnet_tf import model as model_lib
-from alexnet_tf import model_dir as model_dir_lib
-from alexnet_tf.data import pipeline, records, sources
+from alexnet_tf import cli, errors, files
+from alexnet_tf.analysis import figure4
+from alexnet_tf.data import pipeline, records
+from alexnet_tf.model import alexnet, loading, presets
 from alexnet_tf.metrics import TOP_K, TopKError
 
 
@@ -97,8 +97,8 @@ def evaluate(models: Sequence[keras.Model], dataset: tf.data.Dataset, num_exampl
 def results_path(flags_obj: flags.FlagValues, paths: Sequence[str]) -> str:
     """Where the JSON goes (see the module docstring)."""
     base = paths[0]
-    if not base.endswith(".keras") and flags_obj.model_dir:
-        base = model_dir_lib.join(flags_obj.model_dir, posixpath.basename(base))
+    if not base.endswith(loading.CHECKPOINT_SUFFIX) and flags_obj.model_dir:
+        base = files.join(flags_obj.model_dir, posixpath.basename(base))
     protocol = ("_ten_crop" if flags_obj.ten_crop else "") + (f"_ensemble{len(paths)}" if len(paths) > 1 else "")
     return f"{base}.eval{protocol}.json"
 
@@ -108,34 +108,34 @@ def run(flags_obj: flags.FlagValues, datasets_override: tf.data.Dataset | None =
 
     `datasets_override`: (images, labels) batches to evaluate instead of --data_dir's validation set.
     """
-    data = cli.data_config(flags_obj)
-    if datasets_override is None and data.data_dir is None:
-        raise errors.ConfigError("--data_dir is required (prepare one with: python tools/prepare_imagenet.py "
-                                 "--input_dir=SRC --output_dir=DST)")
+    npy_only = not any(path.endswith(loading.CHECKPOINT_SUFFIX) for path in cli.model_paths(flags_obj))
+    # A .npy file is read as the bvlc_alexnet preset unless --preset names another: so is its input.
+    data = cli.data_config(flags_obj, default_preset=presets.BVLC_ALEXNET if npy_only else presets.PAPER)
+    source = None if datasets_override is not None else data.source()
     keras.mixed_precision.set_global_policy(flags_obj.dtype_policy)
     loaded = cli.load_models(flags_obj)
     paths, models = [path for path, _ in loaded], [model for _, model in loaded]
-    configs = [model_lib.model_config(model) for model in models]
-    image_size = _common(paths, [c.image_size for c in configs], "image size")
-    num_classes = _common(paths, [c.num_classes for c in configs], "number of classes")
-    if datasets_override is None:
-        source = sources.open_source(data.data_dir)
+    architectures = [alexnet.architecture_of(model) for model in models]
+    image_size = _common(paths, [c.image_size for c in architectures], "image size")
+    num_classes = _common(paths, [c.num_classes for c in architectures], "number of classes")
+    if source is not None:
         if source.num_classes != num_classes:
             raise errors.ConfigError(f"the model has {num_classes} classes, {data.data_dir} has {source.num_classes}")
-        dataset = pipeline.make_eval_dataset(data, flags_obj.batch_size, image_size, ten_crop=flags_obj.ten_crop)
+        dataset = pipeline.make_eval_dataset(data, flags_obj.batch_size, image_size, ten_crop=flags_obj.ten_crop,
+                                             source=source)
         num_examples = source.num_examples(records.VALIDATION)
     else:
         dataset, num_examples = datasets_override, None
     results = evaluate(models, dataset, num_examples, verbose=1 if sys.stdout.isatty() else 2)
     if flags_obj.figures:
-        if datasets_override is not None:
+        if source is None:
             raise errors.ConfigError("--figures needs --data_dir's training and validation splits")
-        figure = figures.figure4(models[0], data, image_size)
-        results.update(figures.write_figure4(figure, flags_obj.figures))
+        figure = figure4.figure4(models[0], data, image_size, source=source)
+        results.update(figure4.write_figure4(figure, flags_obj.figures))
     results.update(models=paths, ten_crop=flags_obj.ten_crop, data_dir=data.data_dir, split=records.VALIDATION,
                    image_size=image_size, mean=data.mean, mean_rgb=data.mean_rgb, channel_order=data.channel_order)
     path = results_path(flags_obj, paths)
-    model_dir_lib.write_json(path, results)
+    files.write_json(path, results)
     results["results_path"] = path
     return results
 

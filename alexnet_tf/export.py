@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 
 from alexnet_tf import cli, errors, serving
+from alexnet_tf.model import loading, presets
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -33,7 +34,9 @@ def run(flags_obj: flags.FlagValues) -> dict[str, Any]:
     if not flags_obj.export_dir:
         raise errors.ConfigError("--export_dir is required")
     [(path, model)] = cli.load_models(flags_obj)
-    results = serving.export_model(model, cli.data_config(flags_obj), flags_obj.export_dir)
+    # A .npy file is read as the bvlc_alexnet preset unless --preset names another: so is its input.
+    default_preset = presets.PAPER if path.endswith(loading.CHECKPOINT_SUFFIX) else presets.BVLC_ALEXNET
+    results = serving.export_model(model, cli.data_config(flags_obj, default_preset), flags_obj.export_dir)
     return {**results, "model": path}
 
 

@@ -45,7 +45,7 @@ import keras
 import tensorflow as tf
 
 from alexnet_tf import errors
-from alexnet_tf import model as model_lib
+from alexnet_tf.model import alexnet
 from alexnet_tf.data import pipeline, sources
 from alexnet_tf.metrics import TOP_K
 
@@ -56,13 +56,13 @@ IMAGES_SIGNATURE = "predict_images"
 DECODE_PARALLELISM = 4
 
 
-def class_names(data_dir: str | None, num_classes: int) -> list[str]:
+def class_names(source: sources.Source | None, num_classes: int) -> list[str]:
     """The names the `labels` output gives: the data set's, else "0", "1", ..."""
-    if data_dir is None:
+    if source is None:
         return [str(i) for i in range(num_classes)]
-    names = sources.open_source(data_dir).class_names()
+    names = source.class_names()
     if len(names) != num_classes:
-        raise errors.ConfigError(f"the model has {num_classes} classes, {data_dir} names {len(names)}")
+        raise errors.ConfigError(f"the model has {num_classes} classes, {source.data_dir} names {len(names)}")
     return names
 
 
@@ -76,7 +76,7 @@ def make_archive(model: keras.Model, preprocess: Callable[[tf.Tensor], tf.Tensor
         names: one name per class.
         top_k: columns of the `serving_default` outputs (at most the number of classes).
     """
-    size = model_lib.model_config(model).image_size
+    size = alexnet.architecture_of(model).image_size
     k = min(top_k, len(names))
     name_table = tf.constant(list(names), tf.string)
 
@@ -109,12 +109,17 @@ def make_archive(model: keras.Model, preprocess: Callable[[tf.Tensor], tf.Tensor
     return archive
 
 
-def export_model(model: keras.Model, data: pipeline.DataConfig, export_dir: str) -> dict[str, Any]:
-    """Writes `model`, unplaced, with the serving preprocessing of `data` to `export_dir` (any tf.io.gfile path)."""
-    model = model_lib.without_placement(model)
-    config = model_lib.model_config(model)
-    names = class_names(data.data_dir, config.num_classes)
-    preprocess = pipeline.make_eval_transform(data, config.image_size, any_image=True)
+def export_model(model: keras.Model, data: pipeline.DataConfig, export_dir: str,
+                 source: sources.Source | None = None) -> dict[str, Any]:
+    """Writes `model`, unplaced, with the serving preprocessing of `data` to `export_dir` (any tf.io.gfile path).
+
+    `source`: `data`'s data set, already opened (None opens it, if `data` names one)."""
+    model = alexnet.without_placement(model)
+    architecture = alexnet.architecture_of(model)
+    if source is None and data.data_dir is not None:
+        source = data.source()
+    names = class_names(source, architecture.num_classes)
+    preprocess = pipeline.make_eval_transform(data, architecture.image_size, any_image=True, source=source)
     make_archive(model, preprocess, names).write_out(export_dir, verbose=False)
     return {"export_dir": export_dir, "signatures": [SERVING_SIGNATURE, IMAGES_SIGNATURE],
-            "image_size": config.image_size, "num_classes": len(names)}
+            "image_size": architecture.image_size, "num_classes": len(names)}

@@ -19,49 +19,20 @@ from typing import Any
 
 import keras
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
-from alexnet_tf import cli, distribute, errors, loading, multi_worker, safeguards, serving, summaries
-from alexnet_tf import model as model_lib
+from alexnet_tf import cli, errors, files, serving
 from alexnet_tf import model_dir as model_dir_lib
-from alexnet_tf import weights as weights_lib
-from alexnet_tf.data import demo, pipeline, records, sources
+from alexnet_tf.data import demo, records, sources
+from alexnet_tf.data import pipeline
 from alexnet_tf.metrics import TOP_K, TopKError
-from alexnet_tf.architecture import AlexNetConfig
-from alexnet_tf.optimizer import OptimizerConfig
-from alexnet_tf.schedule import PlateauSchedule, ScheduleConfig
-
-STRATEGIES = ("one_device", "mirrored", "towers", "multi_worker")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run needs, from the flags (`config_from_flags`) or built by a test.
-
-    `model.num_classes` is the data set's when `classes_from_data` (no --num_classes given).
-    """
-
-    model: AlexNetConfig
-    data: pipeline.DataConfig
-    optimizer: OptimizerConfig
-    schedule: ScheduleConfig
-    model_dir: str
-    epochs: int = 90  # Section 5: "roughly 90 cycles through the training set".
-    batch_size: int = 128  # Section 5.
-    steps_per_epoch: int | None = None
-    strategy: str = "one_device"
-    tower_devices: tuple[str, str] = ("/GPU:0", "/GPU:1")
-    cluster_timeout: float = multi_worker.DEFAULT_TIMEOUT_SECONDS
-    dtype_policy: str = "float32"
-    xla: bool = False
-    seed: int | None = None
-    deterministic: bool = False
-    keep_checkpoints: int = 3
-    demo: bool = False
-    pretrained: str | None = None
-    freeze_conv: bool = False
-    export_dir: str | None = None
-    classes_from_data: bool = True
+from alexnet_tf.model import alexnet, loading, npy_weights
+from alexnet_tf.model.architecture import AlexNetConfig
+from alexnet_tf.training import callbacks as callbacks_lib
+from alexnet_tf.training import distribute, multi_worker, results as results_lib, run_guard
+from alexnet_tf.training.config import BATCH_SIZE, EPOCHS, TrainConfig
+from alexnet_tf.training.optimizer import OptimizerConfig
+from alexnet_tf.training.schedule import PlateauSchedule, ScheduleConfig
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -72,9 +43,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     optimizer, schedule = OptimizerConfig(), ScheduleConfig()
     flags.DEFINE_string("model_dir", None, "Where checkpoints, TensorBoard logs and results.json go (local, "
                         "gs://, any tf.io.gfile path).", flag_values=fv)
-    flags.DEFINE_integer("epochs", TrainConfig.epochs, "Passes over the training set (section 5: roughly 90).",
+    flags.DEFINE_integer("epochs", EPOCHS, "Passes over the training set (section 5: roughly 90).",
                          lower_bound=1, flag_values=fv)
-    flags.DEFINE_integer("batch_size", TrainConfig.batch_size, "Global batch size, images (section 5).",
+    flags.DEFINE_integer("batch_size", BATCH_SIZE, "Global batch size, images (section 5).",
                          lower_bound=1, flag_values=fv)
     flags.DEFINE_integer("steps_per_epoch", None, "Limit each epoch to this many steps (default: the whole set).",
                          lower_bound=1, flag_values=fv)
@@ -92,7 +63,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                        "counts as improvement.", lower_bound=0.0, flag_values=fv)
     flags.DEFINE_integer("lr_max_reductions", schedule.max_reductions, "At most this many divisions by 10 "
                          "(section 5: three).", lower_bound=0, flag_values=fv)
-    flags.DEFINE_enum("strategy", TrainConfig.strategy, list(STRATEGIES),
+    flags.DEFINE_enum("strategy", TrainConfig.strategy, list(distribute.STRATEGIES),
                       "one_device; mirrored (data parallel over local GPUs); towers (the paper's model "
                       "parallelism on --tower_devices); multi_worker (TF_CONFIG).", flag_values=fv)
     flags.DEFINE_list("tower_devices", list(TrainConfig.tower_devices), "The two devices of --strategy=towers.",
@@ -108,8 +79,6 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer("seed", None, "Seeds initialization, shuffling and augmentation.", flag_values=fv)
     flags.DEFINE_boolean("deterministic", False, "Op determinism and the --seed everywhere: two runs of the same "
                          "command on the same machine end with identical weights.", flag_values=fv)
-    flags.register_multi_flags_validator(["deterministic", "seed"], lambda v: not v["deterministic"] or
-                                         v["seed"] is not None, "--deterministic needs --seed", flag_values=fv)
     flags.DEFINE_integer("keep_checkpoints", TrainConfig.keep_checkpoints, "Epoch checkpoints kept in "
                          "MODEL_DIR/checkpoints.", lower_bound=1, flag_values=fv)
     flags.DEFINE_boolean("demo", False, "Generate the offline demo data set in --data_dir if it is not there.",
@@ -126,15 +95,8 @@ def config_from_flags(fv: flags.FlagValues) -> TrainConfig:
     """The flags as a TrainConfig; raises errors.ConfigError for settings that cannot work together."""
     if fv.model_dir is None:
         raise errors.ConfigError("--model_dir is required")
-    if fv.xla and fv.strategy == "towers":
-        raise errors.ConfigError("--xla: XLA ignores tf.device placement (tensorflow issue 124880), so it is "
-                                 "refused with --strategy=towers")
-    if fv.strategy == "towers" and fv.towers != 2:
-        raise errors.ConfigError("--strategy=towers needs --towers=2")
-    if fv.freeze_conv and not fv.pretrained:
-        raise errors.ConfigError("--freeze_conv needs --pretrained: frozen random convolutions learn nothing")
     return TrainConfig(
-        model=cli.model_config(fv, seed=fv.seed),
+        architecture=cli.architecture_from_flags(fv, seed=fv.seed),
         data=cli.data_config(fv),
         optimizer=OptimizerConfig(fv.learning_rate, fv.momentum, fv.weight_decay),
         schedule=ScheduleConfig(fv.lr_patience_epochs, fv.lr_min_delta, fv.lr_max_reductions),
@@ -147,57 +109,56 @@ def config_from_flags(fv: flags.FlagValues) -> TrainConfig:
 
 @dataclasses.dataclass
 class Datasets:
-    """What a run trains and validates on. Tests pass their own through `datasets_override`."""
+    """What a run trains and validates on, and the data set they come from (opened once, read again by the figures
+    and the export). Tests pass their own through `datasets_override`."""
 
     train: tf.data.Dataset
     validation: tf.data.Dataset | None
     num_classes: int
     train_examples: int | None = None
     validation_examples: int | None = None
+    source: sources.Source | None = None
 
 
 def create_datasets(config: TrainConfig) -> Datasets:
     """The training set (random crops, flips, PCA noise: section 4.1) and the validation set (centre crops)."""
-    if config.data.data_dir is None:
-        raise errors.ConfigError("--data_dir is required (prepare one with: python tools/prepare_imagenet.py "
-                                 "--input_dir=SRC --output_dir=DST)")
-    source = sources.open_source(config.data.data_dir)
-    image_size = config.model.image_size
+    source = config.data.source()
+    image_size = config.architecture.image_size
     train = pipeline.make_train_dataset(config.data, config.batch_size, image_size, seed=config.seed,
-                                        deterministic=config.deterministic)
+                                        deterministic=config.deterministic, source=source)
     validation = None
     if source.has_split(records.VALIDATION):
-        validation = pipeline.make_eval_dataset(config.data, config.batch_size, image_size)
+        validation = pipeline.make_eval_dataset(config.data, config.batch_size, image_size, source=source)
     else:
         logging.warning("%s has no validation split: the learning rate will not be scheduled.",
                         config.data.data_dir)
     return Datasets(train, validation, source.num_classes, source.num_examples(records.TRAIN),
-                    source.num_examples(records.VALIDATION) if validation is not None else None)
+                    source.num_examples(records.VALIDATION) if validation is not None else None, source)
 
 
-def create_model(config: TrainConfig, model_config: AlexNetConfig) -> keras.Model:
-    """The model of `model_config`, placed on the tower devices with --strategy=towers, with --pretrained
-    weights and --freeze_conv applied."""
+def create_model(config: TrainConfig, architecture: AlexNetConfig) -> keras.Model:
+    """The model of `architecture`, placed on the tower devices with --strategy=towers, with --pretrained weights
+    and --freeze_conv applied."""
     devices = distribute.tower_devices(config.tower_devices) if config.strategy == "towers" else None
-    model = model_lib.build_alexnet(config=model_config, tower_devices=devices)
+    model = alexnet.build_alexnet(config=architecture, tower_devices=devices)
     if config.pretrained:
         load_pretrained(model, config.pretrained)
     if config.freeze_conv:
-        for layer in model_lib.conv_layers(model):
+        for layer in alexnet.conv_layers(model):
             layer.trainable = False
     return model
 
 
 def load_pretrained(model: keras.Model, path: str) -> None:
     """Every layer of a .npy (bvlc layout) or .keras file into `model`; fc8 only where its shape fits."""
-    weights = weights_lib.npy_weights(loading.load_model(path)) if path.endswith(".keras") \
-        else weights_lib.read_npy(path)
-    fc8 = tuple(model_lib.inner_layer(model, "fc8").kernel.shape)
+    weights = npy_weights.npy_weights(loading.load_model(path)) if path.endswith(loading.CHECKPOINT_SUFFIX) \
+        else npy_weights.read_npy(path)
+    fc8 = tuple(alexnet.inner_layer(model, "fc8").kernel.shape)
     skip = () if tuple(weights["fc8"][0].shape) == fc8 else ("fc8",)
     if skip:
         logging.info("fc8 is new: %s classes instead of the file's %d.", fc8[-1], weights["fc8"][0].shape[-1])
     try:
-        weights_lib.load_npy_weights(model, weights, skip=skip)
+        npy_weights.load_npy_weights(model, weights, skip=skip)
     except errors.ModelFileError as error:  # It names the layer and both shapes.
         raise errors.ModelFileError(f"--pretrained={path} is another model variant: {error}") from None
 
@@ -213,35 +174,6 @@ def compile_model(model: keras.Model, config: TrainConfig) -> None:
     )
 
 
-def create_callbacks(config: TrainConfig, chief: bool
-                     ) -> tuple[list[keras.callbacks.Callback], summaries.Throughput, PlateauSchedule]:
-    """The callbacks of `model.fit`, in the order that keeps MODEL_DIR consistent after a kill at any point."""
-    join = model_dir_lib.join
-    backup_dir = join(config.model_dir, model_dir_lib.BACKUP)
-    log_dir = join(config.model_dir, model_dir_lib.LOGS)
-    throughput = summaries.Throughput(config.batch_size)
-    schedule = PlateauSchedule(
-        patience_epochs=config.schedule.patience_epochs, min_delta=config.schedule.min_delta,
-        max_reductions=config.schedule.max_reductions, state_path=join(backup_dir, "plateau.json"),
-        is_chief=chief)
-    # First: a diverged epoch raises before any other callback saves it. The schedule's state and the epoch's
-    # checkpoint go before the backup: a kill between them resumes at that epoch and writes both again.
-    callbacks: list[keras.callbacks.Callback] = [safeguards.StopOnNaN(), throughput, schedule]
-    if chief:
-        callbacks.append(model_dir_lib.EpochCheckpoints(join(config.model_dir, model_dir_lib.CHECKPOINTS),
-                                                        config.keep_checkpoints))
-    # double_checkpoint: Keras writes the backup in place, so a kill during the write leaves a damaged file; the
-    # previous epoch's backup is restored instead. Other workers restore the chief's backup and never write it:
-    # a save frequency of sys.maxsize batches is never reached.
-    callbacks.append(safeguards.FallbackBackupAndRestore(backup_dir, save_freq="epoch" if chief else sys.maxsize,
-                                                         double_checkpoint=True, delete_checkpoint=False))
-    if chief:
-        callbacks += [summaries.EpochTensorBoard(log_dir, update_freq="epoch"),
-                      summaries.LearningRateSteps(log_dir),
-                      summaries.Conv1Summaries(log_dir, towers=config.model.towers)]
-    return callbacks, throughput, schedule
-
-
 @dataclasses.dataclass
 class Trainer:
     """The objects of one run, made by `build`, before `model.fit`."""
@@ -252,10 +184,10 @@ class Trainer:
     datasets: Datasets
     model: keras.Model
     callbacks: list[keras.callbacks.Callback]
-    throughput: summaries.Throughput
+    throughput: callbacks_lib.Throughput
     schedule: PlateauSchedule
     steps_per_epoch: int | None
-    lock: safeguards.RunLock
+    lock: run_guard.RunLock
 
 
 def build(config: TrainConfig, strategy_override: tf.distribute.Strategy | None = None,
@@ -271,38 +203,40 @@ def build(config: TrainConfig, strategy_override: tf.distribute.Strategy | None 
     strategy = strategy_override or distribute.make_strategy(config.strategy, config.cluster_timeout)
     chief = distribute.is_chief(strategy)
     datasets = datasets_override or create_datasets(config)
-    model_config = config.model
     if config.classes_from_data:
-        model_config = dataclasses.replace(model_config, num_classes=datasets.num_classes)
+        config = dataclasses.replace(config, architecture=dataclasses.replace(
+            config.architecture, num_classes=datasets.num_classes))
     # The lock, once the data set is known to be readable and before anything is written to MODEL_DIR. Workers of
     # a cluster share MODEL_DIR, and only the chief writes it; their restarts must not find it locked.
-    lock = safeguards.RunLock(config.model_dir)
+    lock = run_guard.RunLock(config.model_dir)
     if chief and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         lock.acquire()
     try:
-        safeguards.RunRecord(config.model_dir, run_variant(config, model_config), chief,
-                             settings={"learning_rate": config.optimizer.learning_rate}).check()
+        run_guard.RunRecord(config.model_dir, run_variant(config), chief,
+                            settings={"learning_rate": config.optimizer.learning_rate}).check()
+        if chief:
+            files.write_json(files.join(config.model_dir, model_dir_lib.CONFIG), config.to_json())
         steps_per_epoch = config.steps_per_epoch
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             steps_per_epoch = in_lockstep(datasets, strategy.num_replicas_in_sync, config.batch_size,
                                           steps_per_epoch)
         with strategy.scope():
-            model = create_model(config, model_config)
+            model = create_model(config, config.architecture)
             compile_model(model, config)
-        callbacks, throughput, schedule = create_callbacks(config, chief)
+        callbacks, throughput, schedule = callbacks_lib.make_callbacks(config, chief)
     except BaseException:
         lock.release()
         raise
     return Trainer(config, strategy, chief, datasets, model, callbacks, throughput, schedule, steps_per_epoch, lock)
 
 
-def run_variant(config: TrainConfig, model_config: AlexNetConfig) -> dict[str, Any]:
+def run_variant(config: TrainConfig) -> dict[str, Any]:
     """What shapes the model's and the optimizer's variables, which a resumed run must keep: the architecture
     (the model's own Keras config, less its initialization) and the training settings that change the state.
     Initialization stays out: a resume loads the weights, and a MODEL_DIR recorded before a field of it existed
     (conv1_init_gain) must still resume."""
     initialization = ("seed", "init", "conv1_init_gain")
-    architecture = {k: v for k, v in dataclasses.asdict(model_config).items() if k not in initialization}
+    architecture = {k: v for k, v in dataclasses.asdict(config.architecture).items() if k not in initialization}
     return {**architecture, "dtype_policy": config.dtype_policy, "freeze_conv": config.freeze_conv}
 
 
@@ -334,13 +268,13 @@ def fit(trainer: Trainer) -> keras.callbacks.History:
             verbose=2 if not sys.stdout.isatty() else 1,
         )
     except tf.errors.DataLossError as error:
-        raise safeguards.corrupt_data_error(config.data.data_dir, error) from None
+        raise records.corrupt_data_error(config.data.data_dir, error) from None
     except multi_worker.PEER_ERRORS as error:
         if not isinstance(trainer.strategy, tf.distribute.MultiWorkerMirroredStrategy):
             raise
         raise multi_worker.worker_lost(error, config.cluster_timeout) from None
     except (OSError, tf.errors.OpError) as error:
-        disk_full = safeguards.disk_error(config.model_dir, error)
+        disk_full = errors.disk_error(config.model_dir, error)
         if disk_full is None:
             raise
         raise disk_full from None
@@ -353,8 +287,7 @@ def train(config: TrainConfig, strategy_override: tf.distribute.Strategy | None 
     A run that already finished `config.epochs` epochs in MODEL_DIR is not trained again: its results are kept
     and returned. The chief holds MODEL_DIR's lock (`build` takes it) for the whole run.
     """
-    results_path = model_dir_lib.join(config.model_dir, model_dir_lib.RESULTS)
-    finished = model_dir_lib.read_json(results_path)
+    finished = files.read_json(files.join(config.model_dir, model_dir_lib.RESULTS))
     if finished and finished.get("epochs") == config.epochs and finished.get("checkpoint") and \
             tf.io.gfile.exists(finished["checkpoint"]):
         logging.warning("%s already holds this run's %d epochs: its results are kept (give more --epochs to "
@@ -373,18 +306,20 @@ def train(config: TrainConfig, strategy_override: tf.distribute.Strategy | None 
 
 def finish(trainer: Trainer, history: keras.callbacks.History) -> dict[str, Any]:
     """What the chief writes after the last epoch: figures, the SavedModel, results.json (last)."""
-    config = trainer.config
-    results = summaries.run_results(config.epochs, history, trainer.throughput.rates, config.model_dir)
+    config, source = trainer.config, trainer.datasets.source
+    results = results_lib.run_results(config.epochs, history, trainer.throughput.rates, config.model_dir)
     if trainer.chief:
         validated = config.data if trainer.datasets.validation is not None and config.data.data_dir else None
-        results.update(summaries.write_final_figures(trainer.model, config.model_dir, validated, config.epochs))
-        export_dir = config.export_dir or model_dir_lib.join(config.model_dir, model_dir_lib.EXPORT)
-        results["export_dir"] = serving.export_model(trainer.model, config.data, export_dir)["export_dir"]
-        model_dir_lib.write_json(model_dir_lib.join(config.model_dir, model_dir_lib.RESULTS), results)
+        results.update(results_lib.write_final_figures(trainer.model, config.model_dir, validated, config.epochs,
+                                                       source=source))
+        export_dir = config.export_dir or files.join(config.model_dir, model_dir_lib.EXPORT)
+        results["export_dir"] = serving.export_model(trainer.model, config.data, export_dir,
+                                                     source=source)["export_dir"]
+        files.write_json(files.join(config.model_dir, model_dir_lib.RESULTS), results)
     else:  # Written only to check a run: every worker must end with the chief's weights.
         results["checkpoint"] = None  # The chief may not have written the last one yet.
-        results["worker_model"] = model_dir_lib.join(
-            multi_worker.worker_dir(config.model_dir, trainer.strategy), "model.keras")
+        results["worker_model"] = files.join(multi_worker.worker_dir(config.model_dir, trainer.strategy),
+                                             "model.keras")
         model_dir_lib.save_atomically(trainer.model, results["worker_model"])
     return results
 
@@ -400,13 +335,13 @@ def main(argv: list[str]) -> None:
     if results["val_top1_error"] is not None:
         print(f"Validation top-1 error {results['val_top1_error']:.4f}, top-5 error "
               f"{results['val_top5_error']:.4f} after {results['epochs']} epochs.")
+    model_dir = flags.FLAGS.model_dir
     for what, where in [("Checkpoint", results["checkpoint"]),
                         ("TensorBoard", f"tensorboard --logdir {results['tensorboard_logdir']}"),
                         ("SavedModel", results.get("export_dir")), ("conv1 filters", results.get("conv1_png")),
-                        ("Figure 4", results.get("predictions_png")
-                         and model_dir_lib.join(flags.FLAGS.model_dir, model_dir_lib.FIGURES)),
+                        ("Figure 4", results.get("predictions_png") and files.join(model_dir, model_dir_lib.FIGURES)),
                         ("Worker model", results.get("worker_model")),
-                        ("Results", model_dir_lib.join(flags.FLAGS.model_dir, model_dir_lib.RESULTS))]:
+                        ("Results", files.join(model_dir, model_dir_lib.RESULTS))]:
         if where:
             print(f"{what + ':':15}{where}")
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 from alexnet_tf.data import prepare
 from alexnet_tf.model import build_alexnet
-from alexnet_tf.weights import npy_weights
+from alexnet_tf.model.npy_weights import npy_weights
 
 PROTOTYPES = np.array([(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200)],
                       np.float32)
@@ -31,7 +31,9 @@ IMAGE_SIZE = 67  # conv1 VALID; pool5 is 1x1.
 STORED_SIZE = 72
 SCALE = 1000.0
 # The flags that build the network the .npy file fits, and feed it raw colours.
-FLAGS = [f"--width={WIDTH}", f"--image_size={IMAGE_SIZE}", "--towers=1", "--groups=2", "--nolrn", "--mean=none"]
+# A .npy file is read as the bvlc_alexnet preset unless told otherwise: this one is of the paper's network (RGB).
+FLAGS = ["--preset=paper", f"--width={WIDTH}", f"--image_size={IMAGE_SIZE}", "--towers=1", "--groups=2", "--nolrn",
+         "--mean=none"]
 RED, GREEN, CYAN = 0, 1, 4
 # The evaluation set: each class's own colour, then a red image labelled green (from red, green is the 4th or
 # 5th nearest prototype: a top-1 error only) and one labelled cyan (the farthest: a top-1 and top-5 error).

@@ -1,7 +1,7 @@
-"""Test-session set-up: two logical CPU devices, as a stand-in for two GPUs.
+"""What every test shares: two logical CPU devices (a stand-in for two GPUs), and the tiny data set and flags.
 
-Logical devices must be configured before TensorFlow initializes its runtime, so this runs when
-pytest imports the conftest, before any test module.
+Logical devices must be configured before TensorFlow initializes its runtime, so this runs when pytest imports the
+conftest, before any test module.
 """
 
 import os
@@ -22,6 +22,15 @@ def pytest_configure(config):
     config.addinivalue_line(
         "filterwarnings", "ignore:__array__ implementation doesn't accept a copy keyword"
     )
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> str:
+    """The tiny prepared data set (`tests.tiny_data`), made once per test process. Read-only: a test that damages
+    a data set copies this one first."""
+    from tests import tiny_data
+
+    return tiny_data.prepared_dataset(str(tmp_path_factory.mktemp("tiny_data")))
 
 
 @pytest.fixture

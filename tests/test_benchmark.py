@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from alexnet_tf.data import prepare
-from alexnet_tf import weights as weights_lib
+from alexnet_tf.model import npy_weights as weights_lib
 from alexnet_tf.model import build_alexnet
-from alexnet_tf.optimizer import PaperSGD
+from alexnet_tf.training.optimizer import PaperSGD
 from tests import imagenet_like
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,7 +108,8 @@ def test_model_alternates_dtype_policies_one_line_each():
     assert [(line["variant"], line["dtype_policy"]) for line in lines] == [("paper", "float32"),
                                                                           ("paper", "mixed_bfloat16")]
     float32, bfloat16 = lines
-    assert bfloat16["params"] == float32["params"] and bfloat16["train_flops_per_image"] == float32["train_flops_per_image"]
+    assert bfloat16["params"] == float32["params"]
+    assert bfloat16["train_flops_per_image"] == float32["train_flops_per_image"]
     assert min(bfloat16["train_runs"] + bfloat16["infer_runs"]) > 0
     ratios = [b / f for b, f in zip(bfloat16["infer_runs"], float32["infer_runs"])]
     assert bfloat16["infer_ratio_to_first"] == pytest.approx(np.median(ratios), abs=0.01)

@@ -61,8 +61,10 @@ print(os.environ.get("TF_ENABLE_ONEDNN_OPTS"))
 
 
 @pytest.mark.parametrize("binary, own, foreign", [
-    ("train", ["--lrn_k", "--pca_noise", "--learning_rate", "--dtype_policy", "--model_dir"], ["--ten_crop", "--checkpoint"]),
-    ("evaluate", ["--lrn_k", "--ten_crop", "--ensemble", "--figures", "--checkpoint"], ["--learning_rate", "--pca_noise"]),
+    ("train", ["--lrn_k", "--pca_noise", "--learning_rate", "--dtype_policy", "--model_dir"],
+     ["--ten_crop", "--checkpoint"]),
+    ("evaluate", ["--lrn_k", "--ten_crop", "--ensemble", "--figures", "--checkpoint"],
+     ["--learning_rate", "--pca_noise"]),
     ("export", ["--lrn_k", "--export_dir", "--checkpoint", "--stats_path"], ["--ensemble", "--epochs"]),
 ])
 def test_help_lists_the_binarys_own_flags_and_no_others(binary, own, foreign):

@@ -12,10 +12,11 @@ import tensorflow as tf
 from absl import flags
 from PIL import Image
 
-from alexnet_tf import cli, errors, evaluate, loading
+from alexnet_tf import cli, errors, evaluate
+from alexnet_tf.model import loading
 from alexnet_tf.data import pipeline
 from alexnet_tf.model import build_alexnet
-from alexnet_tf.weights import load_npy_weights
+from alexnet_tf.model.npy_weights import load_npy_weights
 from tests import colour_classifier as cc
 from tests.flag_parsing import flag_parser
 
@@ -173,8 +174,11 @@ def test_flags_that_do_not_fit_are_refused(parse, data_dir, tmp_path):
     build_alexnet(num_classes=10, towers=1, width=cc.WIDTH, image_size=cc.IMAGE_SIZE).save(tmp_path / "ten.keras")
     with pytest.raises(errors.ConfigError, match="the model has 10 classes, .* has 6"):
         evaluate.run(parse(f"--data_dir={data_dir}", f"--checkpoint={tmp_path / 'ten.keras'}"))
-    with pytest.raises(flags.IllegalFlagValueError, match="--mean_rgb needs --mean=channel"):
-        parse(f"--pretrained={npy}", "--mean_rgb=1,2,3")
+    with pytest.raises(errors.ConfigError, match=r"mean_rgb=\(1.0, 2.0, 3.0\) needs mean='channel'"):
+        cli.data_config(parse(f"--pretrained={npy}", "--preset=paper", "--mean_rgb=1,2,3"))
+    # The bvlc_alexnet preset subtracts a mean pixel: another one is a change of it, not a contradiction.
+    assert cli.data_config(parse(f"--pretrained={npy}", "--preset=bvlc_alexnet", "--mean_rgb=1,2,3")).mean_rgb == \
+        (1.0, 2.0, 3.0)
     with pytest.raises(flags.IllegalFlagValueError, match="--mean_rgb takes three numbers"):
         parse("--mean=channel", "--mean_rgb=1,2,x")
 

@@ -15,7 +15,7 @@ from PIL import Image
 from alexnet_tf import cli, errors, export, serving
 from alexnet_tf.data import ilsvrc, pipeline, records
 from alexnet_tf.model import build_alexnet
-from alexnet_tf.weights import load_npy_weights, npy_weights
+from alexnet_tf.model.npy_weights import load_npy_weights, npy_weights
 from tests import colour_classifier as cc
 from tests import imagenet_like
 from tests.flag_parsing import flag_parser
@@ -25,11 +25,11 @@ TOWER_DEVICES = ("/CPU:0", "/CPU:1")  # conftest.py's two logical devices.
 # Runs in a fresh interpreter that cannot import alexnet_tf: loads the SavedModel with TensorFlow alone and
 # prints the answers to every request in REQUEST_DIR as one JSON line.
 SERVE_SCRIPT = r"""
-import glob, importlib.util, json, os, sys
+import glob, json, os, sys
 import numpy as np
 import tensorflow as tf
 
-assert importlib.util.find_spec("alexnet_tf") is None, "the package must not be importable here"
+sys.modules["alexnet_tf"] = None  # Installed or not, any import of the package now fails.
 export_dir, request_dir = sys.argv[1:]
 model = tf.saved_model.load(export_dir)
 serve, predict = model.signatures["serving_default"], model.signatures["predict_images"]
@@ -55,7 +55,7 @@ try:
     out["errors"]["wrong_size"] = None
 except tf.errors.InvalidArgumentError as error:
     out["errors"]["wrong_size"] = error.message
-assert "alexnet_tf" not in sys.modules
+assert sys.modules["alexnet_tf"] is None  # Never imported: loading and serving took TensorFlow alone.
 print(json.dumps(out))
 """
 
@@ -169,7 +169,7 @@ def test_serving_preprocesses_exactly_as_evaluation(parse, tmp_path):
 
 def test_bvlc_cfg_describes_caffes_network_and_preprocessing(parse, tmp_path):
     flag_values = parse(f"--flagfile={os.path.join(REPO, 'flags', 'bvlc.cfg')}", "--width=0.0625")
-    config = cli.model_config(flag_values)
+    config = cli.architecture_from_flags(flag_values)
     assert {k: getattr(config, k) for k in ("towers", "groups", "lrn", "lrn_depth", "lrn_k", "lrn_alpha", "lrn_beta",
                                             "image_size", "num_classes")} == dict(
         towers=1, groups=2, lrn=True, lrn_depth=5, lrn_k=1.0, lrn_alpha=2e-5, lrn_beta=0.75, image_size=227,
@@ -229,8 +229,8 @@ def caffe_forward(weights, images, lrn_k, lrn_alpha_over_n, lrn_groups):
 @pytest.mark.parametrize("flags, lrn_k, lrn_alpha_over_n, lrn_groups", [
     # Caffe's own numbers: alpha 1e-4 over n = 5, k = 1.
     ([f"--flagfile={os.path.join(REPO, 'flags', 'bvlc.cfg')}"], 1.0, 1e-4 / 5, 1),
-    # The defaults are the paper's (section 3.3): k = 2, alpha 1e-4 on the sum, within each of the two towers.
-    (["--mean=none"], 2.0, 1e-4, 2),
+    # The paper's network (section 3.3): k = 2, alpha 1e-4 on the sum, within each of the two towers.
+    (["--preset=paper", "--mean=none"], 2.0, 1e-4, 2),
 ])
 def test_predict_images_reproduces_caffes_forward_pass(parse, tmp_path, flags, lrn_k, lrn_alpha_over_n, lrn_groups):
     rng = np.random.default_rng(4)

@@ -16,17 +16,13 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from alexnet_tf import cli, distribute, errors, train
+from alexnet_tf import cli, errors, train
+from alexnet_tf.training import distribute
 from tests import tiny_data
 from tests.flag_parsing import flag_parser
-from tests.training import fit
+from tests.fit_only import fit
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--width=0.0625", "--image_size=64", "--batch_size=8", "--seed=1"]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tiny_data.prepared_dataset(str(tmp_path_factory.mktemp("data")))
+TINY = list(tiny_data.TINY_FLAGS)
 
 
 @pytest.fixture
@@ -110,11 +106,11 @@ def test_a_learning_rate_blowup_stops_before_saving(data_dir, parse, tmp_path):
 
 
 def test_weights_that_overflowed_in_the_last_step_are_not_saved():
-    from alexnet_tf import safeguards
+    from alexnet_tf.training import callbacks
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="dense")])
     model.compile(optimizer="sgd", loss="mse")
-    guard = safeguards.StopOnNaN()
+    guard = callbacks.StopOnNaN()
     guard.set_model(model)
     guard.on_epoch_begin(0)
     guard.on_train_batch_end(0, {"loss": 1.5})  # A finite loss: the update after it overflowed.
@@ -145,11 +141,12 @@ def test_a_corrupt_shard_is_named_and_the_run_so_far_kept(data_dir, model_dir, p
     shard.write_bytes(bytes(content))
     before = contents(model_dir)
     flag_values = parse(f"--data_dir={data}", f"--model_dir={model_dir}", "--epochs=2")
-    with pytest.raises(errors.TrainingError) as error:
+    with pytest.raises(errors.DataError) as error:
         train.run(flag_values)
     assert re.fullmatch(rf"unreadable data \(corrupted record at \d+\) in {re.escape(str(shard))}: prepare the data "
-                        r"set again \(python tools/prepare_imagenet.py\)", str(error.value)), str(error.value)
-    assert_kept(before, model_dir)
+                        r"set again: python tools/prepare_imagenet.py --input_dir=.* --output_dir=.*", str(error.value)
+                        ), str(error.value)
+    assert_kept({k: v for k, v in before.items() if k != "config.json"}, model_dir)  # The latest command's settings.
 
 
 @pytest.mark.parametrize("flag, message", [
@@ -206,7 +203,8 @@ def truncate(path):
 
 @pytest.mark.parametrize("spoil", [
     lambda backup: truncate(backup / "latest.weights.h5"),
-    lambda backup: (backup / "latest.weights.h5").write_bytes(b"garbage" + (backup / "latest.weights.h5").read_bytes()[7:]),
+    lambda backup: (backup / "latest.weights.h5").write_bytes(
+        b"garbage" + (backup / "latest.weights.h5").read_bytes()[7:]),
     lambda backup: (backup / "training_metadata.json").write_text(""),
     lambda backup: truncate(backup / "plateau.json"),
 ])
@@ -268,11 +266,11 @@ def test_a_full_disk_is_one_line_and_keeps_the_earlier_epochs(model_dir, data_di
     with pytest.raises(errors.TrainingError, match=r"^no space left while writing .*everything up to the last "
                                                    r"finished epoch is kept$"):
         train.run(parse(f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=2"))
-    assert_kept({k: v for k, v in before.items() if not k.startswith(("backup", "logs"))}, model_dir)
+    # config.json holds the latest command's settings (--epochs=2 now), the backup and logs its progress.
+    assert_kept({k: v for k, v in before.items() if not k.startswith(("backup", "logs", "config.json"))}, model_dir)
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--deterministic"], "--deterministic needs --seed"),
     (["--cluster_timeout=0"], "--cluster_timeout=0: 0.0 is not number >= 0.001"),
     (["--strategy=bogus"], "value should be one of <one_device|mirrored|towers|multi_worker>"),
     (["--learning_rate=-1"], "--learning_rate=-1: -1.0 is not number >= 1e-12"),
@@ -290,15 +288,21 @@ def test_the_trainer_refuses_the_evaluators_flags(args):
 
 
 def test_an_unknown_strategy_name_is_refused():
-    with pytest.raises(ValueError, match="unknown strategy 'bogus'"):
+    with pytest.raises(errors.ConfigError, match="unknown strategy 'bogus': one of one_device, mirrored"):
         distribute.make_strategy("bogus")
 
 
+def test_deterministic_without_a_seed_is_refused(tmp_path):
+    with pytest.raises(errors.ConfigError, match="^--deterministic needs --seed$"):
+        train.config_from_flags(flag_parser(train)(f"--model_dir={tmp_path}", "--deterministic"))
+
+
+@pytest.mark.slow
 def test_deterministic_without_a_seed_is_one_line_from_the_command_line(tmp_path):
     process = subprocess.run([sys.executable, "-m", "alexnet_tf.train", f"--model_dir={tmp_path}", "--deterministic"],
                              cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert process.returncode != 0 and "Traceback" not in process.stderr
-    assert "Flags parsing error: flags deterministic=True, seed=None: --deterministic needs --seed" in process.stderr
+    assert process.returncode == 1 and "Traceback" not in process.stderr
+    assert process.stderr.strip().splitlines()[-1] == "train: error: --deterministic needs --seed"
 
 
 def test_a_model_dir_recorded_before_conv1_init_gain_existed_resumes(data_dir, parse, tmp_path):

@@ -10,16 +10,12 @@ import keras
 import pytest
 import tensorflow as tf
 
-from alexnet_tf import errors, model_dir, safeguards, train
+from alexnet_tf import errors, model_dir, train
+from alexnet_tf.training import run_guard
 from tests import tiny_data
 from tests.flag_parsing import flag_parser
 
-TINY = ["--width=0.0625", "--image_size=64", "--batch_size=8", "--seed=1"]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tiny_data.prepared_dataset(str(tmp_path_factory.mktemp("data")))
+TINY = list(tiny_data.TINY_FLAGS)
 
 
 def test_a_run_on_ram_keeps_everything_there_and_prunes_checkpoints(data_dir, tmp_path, monkeypatch):
@@ -70,14 +66,14 @@ def test_a_second_run_on_a_busy_model_dir_refuses_naming_the_first(tmp_path):
         (tmp_path / "lock.json").write_text(json.dumps({"host": os.uname().nodename, "pid": holder.pid,
                                                         "started": "2026-12-01T10:00:00+00:00"}))
         with pytest.raises(errors.TrainingError) as error:
-            safeguards.RunLock(str(tmp_path)).acquire()
+            run_guard.RunLock(str(tmp_path)).acquire()
         assert str(error.value).startswith(f"{tmp_path} is in use by another run (process {holder.pid} on "
                                            f"{os.uname().nodename}, since 2026-12-01T10:00:00+00:00)")
     finally:
         holder.kill()
         holder.wait()
     # The holder is gone now: its lock is stale and taken over.
-    lock = safeguards.RunLock(str(tmp_path))
+    lock = run_guard.RunLock(str(tmp_path))
     lock.acquire()
     assert json.loads((tmp_path / "lock.json").read_text())["pid"] == os.getpid()
     lock.release()
@@ -87,7 +83,7 @@ def test_a_second_run_on_a_busy_model_dir_refuses_naming_the_first(tmp_path):
 def test_a_lock_of_another_host_is_not_taken_over(tmp_path):
     (tmp_path / "lock.json").write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "then"}))
     with pytest.raises(errors.TrainingError, match="process 1 on elsewhere"):
-        safeguards.RunLock(str(tmp_path)).acquire()
+        run_guard.RunLock(str(tmp_path)).acquire()
 
 
 if __name__ == "__main__":

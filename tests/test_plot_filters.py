@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_tf import conv1
+from alexnet_tf.analysis import figure3
 from alexnet_tf.model import build_alexnet, conv1_kernel
-from alexnet_tf.weights import save_npy_weights
+from alexnet_tf.model.npy_weights import save_npy_weights
 from tools import plot_filters
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,7 +38,7 @@ def test_npy_checkpoint_gives_one_block(grouped, tmp_path):
     assert towers == 1
     out = str(tmp_path / "figures" / "conv1.png")
     assert plot_filters.write_filter_png(kernel, out, towers, scale=3) == (3 * 23, 3 * 71)
-    np.testing.assert_array_equal(_read_png(out), conv1.upscale(conv1.filter_grid(kernel), 3))
+    np.testing.assert_array_equal(_read_png(out), figure3.upscale(figure3.filter_grid(kernel), 3))
 
 
 def test_two_tower_checkpoint_is_laid_out_as_figure_3(tmp_path):
@@ -49,7 +49,7 @@ def test_two_tower_checkpoint_is_laid_out_as_figure_3(tmp_path):
     assert towers == 2 and kernel.shape == (11, 11, 3, 12)
     out = str(tmp_path / "towers.png")
     plot_filters.write_filter_png(kernel, out, towers, scale=2)
-    np.testing.assert_array_equal(_read_png(out), conv1.figure3(conv1_kernel(model), 2, 2))
+    np.testing.assert_array_equal(_read_png(out), figure3.figure3(conv1_kernel(model), 2, 2))
 
 
 def _run(args, module):
@@ -63,7 +63,7 @@ def test_command_line_as_a_module(grouped, tmp_path):
     result = _run([f"--checkpoint={path}", f"--out={out}", "--scale=2"], module=True)
     assert result.returncode == 0, result.stderr
     assert str(out) in result.stdout
-    np.testing.assert_array_equal(_read_png(out), conv1.upscale(conv1.filter_grid(kernel), 2))
+    np.testing.assert_array_equal(_read_png(out), figure3.upscale(figure3.filter_grid(kernel), 2))
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from PIL import Image
 from alexnet_tf import serving
 from alexnet_tf.data import augment, pipeline
 from alexnet_tf.model import build_alexnet
-from alexnet_tf.weights import load_npy_weights
+from alexnet_tf.model.npy_weights import load_npy_weights
 from tests import colour_classifier as cc
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,11 +88,11 @@ def fresh_python(script: str, *args: str, env: dict | None = None, cwd: str, tim
 # Serves every file of REQUEST_DIR alone, under an address-space limit; prints one JSON line: per file, the
 # top label or the error's type and message (and the seconds it took, for a reader of the output).
 HOSTILE_SCRIPT = r"""
-import glob, importlib.util, json, os, resource, sys, time
+import glob, json, os, resource, sys, time
 limit = int(sys.argv[3])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 import tensorflow as tf
-assert importlib.util.find_spec("alexnet_tf") is None
+sys.modules["alexnet_tf"] = None  # Installed or not, any import of the package now fails.
 serve = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
 out = {}
 for path in sorted(glob.glob(os.path.join(sys.argv[2], "*"))):
@@ -229,9 +229,9 @@ def xla_marked(export_dir: str) -> list[str]:
 # Serves an image with XLA's auto-clustering off and TensorFlow's INFO log on (where "Compiled cluster using
 # XLA" would appear); prints the top label.
 NO_XLA_SCRIPT = r"""
-import importlib.util, sys
+import sys
 import tensorflow as tf
-assert importlib.util.find_spec("alexnet_tf") is None
+sys.modules["alexnet_tf"] = None  # Installed or not, any import of the package now fails.
 tf.config.optimizer.set_jit(False)
 model = tf.saved_model.load(sys.argv[1])
 answer = model.signatures["serving_default"](images=tf.constant([open(sys.argv[2], "rb").read()]))

@@ -13,17 +13,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_tf import train
+from alexnet_tf import errors, train
 from tests import tiny_data
 from tests.flag_parsing import flag_parser
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--width=0.0625", "--image_size=64", "--batch_size=8", "--seed=1", "--keep_checkpoints=2"]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tiny_data.prepared_dataset(str(tmp_path_factory.mktemp("data")))
+TINY = [*tiny_data.TINY_FLAGS, "--keep_checkpoints=2"]
 
 
 @pytest.fixture(scope="module")
@@ -108,20 +103,20 @@ def test_a_mixed_dtype_policy_reaches_the_model_and_the_optimizer(parse, data_di
 
 
 def test_mirrored_strategy_uses_both_logical_devices(parse, data_dir, tmp_path):
-    from alexnet_tf import distribute
+    from alexnet_tf.training import distribute
 
     assert distribute.make_strategy("mirrored").num_replicas_in_sync == 2
 
 
 def test_xla_is_refused_with_placed_towers(parse, data_dir, tmp_path):
     flag_values = parse(*TINY, f"--data_dir={data_dir}", f"--model_dir={tmp_path}", "--strategy=towers", "--xla")
-    with pytest.raises(Exception, match="XLA ignores tf.device"):
+    with pytest.raises(errors.ConfigError, match="XLA ignores tf.device"):
         train.run(flag_values)
 
 
 def test_pretrained_npy_gives_a_new_fc8_and_freezes_convolutions(parse, data_dir, tmp_path):
     from alexnet_tf.model import build_alexnet, inner_layer
-    from alexnet_tf.weights import npy_weights, save_npy_weights
+    from alexnet_tf.model.npy_weights import npy_weights, save_npy_weights
 
     source = build_alexnet(num_classes=10, image_size=64, width=0.0625, seed=5)
     save_npy_weights(source, tmp_path / "source.npy")
@@ -137,7 +132,7 @@ def test_pretrained_npy_gives_a_new_fc8_and_freezes_convolutions(parse, data_dir
 
 def test_fine_tuning_from_a_checkpoint_of_this_project(parse, data_dir, tmp_path):
     from alexnet_tf.model import build_alexnet
-    from alexnet_tf.weights import npy_weights
+    from alexnet_tf.model.npy_weights import npy_weights
 
     source = build_alexnet(num_classes=10, image_size=64, width=0.0625, seed=7)
     source.save(tmp_path / "source.keras")
@@ -201,6 +196,7 @@ def test_killed_run_resumes_where_it_stopped(data_dir, tmp_path):
     assert sorted(states, key=int) == ["0", "1", "2", "3"]
     assert [states[e]["reductions"] for e in "0123"] == [0, 1, 2, 3]
     assert states["3"]["learning_rate"] == pytest.approx(1e-5)
+
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

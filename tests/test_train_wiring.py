@@ -53,7 +53,7 @@ def built(tmp_path_factory):
     patch = pytest.MonkeyPatch()
     patch.setattr(pipeline, "make_train_dataset", recorder("train"))
     patch.setattr(pipeline, "make_eval_dataset", recorder("eval"))
-    patch.setattr(sources, "open_source", lambda data_dir: _Source())
+    patch.setattr(sources, "open_source", lambda data_dir, **kwargs: _Source())
     model_dir = tmp_path_factory.mktemp("paper")
     flag_values = flag_parser(train)(PAPER, "--data_dir=/data/imagenet", f"--model_dir={model_dir}",
                                      "--tower_devices=/CPU:0,/CPU:1", "--seed=0")
@@ -74,7 +74,7 @@ def test_sections_3_2_and_2_two_towers_on_their_devices(built):
 
 
 def test_tower_devices_present_are_kept_and_absent_ones_fall_back_to_the_cpu():
-    from alexnet_tf import distribute
+    from alexnet_tf.training import distribute
 
     # TensorFlow names the logical devices "/device:CPU:1", without a job: a full spec still matches.
     assert distribute.tower_devices(["/CPU:0", "/CPU:1"]) == ("/CPU:0", "/CPU:1")
@@ -153,7 +153,7 @@ def test_flags_that_deviate_from_the_paper_reach_their_objects(tmp_path, monkeyp
                                      "--lrn_k=1", "--lrn_alpha=2e-5", "--dropout=0.25", "--nopca_noise",
                                      "--mean=channel", "--input_scale=0.125", "--conv1_init_gain=0.5")
     config = train.config_from_flags(flag_values)
-    monkeypatch.setattr(sources, "open_source", lambda data_dir: _Source())
+    monkeypatch.setattr(sources, "open_source", lambda data_dir, **kwargs: _Source())
     seen = {}
     monkeypatch.setattr(pipeline, "make_train_dataset", lambda c, b, s, **k: seen.setdefault("data", c))
     monkeypatch.setattr(pipeline, "make_eval_dataset", lambda c, b, s, **k: None)

@@ -10,6 +10,8 @@ from PIL import Image
 from alexnet_tf.data import prepare
 
 STORED_SIZE = 72
+# A two-tower network of the paper's topology at 1/16 of its width, on 64-pixel crops: trains in seconds.
+TINY_FLAGS = ("--width=0.0625", "--image_size=64", "--batch_size=8", "--seed=1")
 COLOURS = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (200, 200, 40)]
 
 

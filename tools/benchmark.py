@@ -41,25 +41,22 @@ import json
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import alexnet_tf  # noqa: F401  First: it imports TensorFlow with the start-up notices held back.
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+from tensorflow.python.util import _pywrap_util_port  # IsMklEnabled: whether oneDNN's kernels run.
 
-import alexnet_tf  # noqa: E402, F401  First: it imports TensorFlow with the start-up notices filtered.
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
-from tensorflow.python.util import _pywrap_util_port  # noqa: E402  IsMklEnabled: whether oneDNN's kernels run.
-
-from alexnet_tf import architecture, cli, errors, onednn, serving  # noqa: E402
-from alexnet_tf.data import ilsvrc, pipeline, records  # noqa: E402
-from alexnet_tf import model as model_lib  # noqa: E402
-from alexnet_tf.layers import unwrap  # noqa: E402
-from alexnet_tf.metrics import TopKError  # noqa: E402
-from alexnet_tf.optimizer import PaperSGD  # noqa: E402
+from alexnet_tf import cli, errors, onednn, serving
+from alexnet_tf.data import ilsvrc, pipeline, records
+from alexnet_tf.metrics import TopKError
+from alexnet_tf.model import alexnet, architecture, npy_weights
+from alexnet_tf.model.layers import unwrap
+from alexnet_tf.training.optimizer import PaperSGD
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Prepared data set (tools/prepare_imagenet.py output).")
 _RAW_DIR = flags.DEFINE_string("raw_dir", None, "Optional folder of original photos (searched recursively) for "
@@ -77,7 +74,7 @@ _WARMUP_BATCHES = flags.DEFINE_integer("warmup_batches", 5, "Batches drawn befor
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats; medians are reported.", lower_bound=1)
 
 # The model and compare subcommands.
-VARIANTS = {  # build_alexnet arguments; see alexnet_tf/model.py.
+VARIANTS = {  # build_alexnet arguments; see alexnet_tf/model/architecture.py.
     "paper": dict(towers=2, groups=2),
     "grouped": dict(towers=1, groups=2),
     "dense": dict(towers=1, groups=1),
@@ -210,7 +207,7 @@ class KerasContender:
         self.name = variant if policy == "float32" else f"{variant}/{policy}"
         self.batch_size = len(images)
         with dtype_policy(policy):
-            self.model = model_lib.build_alexnet(num_classes=NUM_CLASSES, image_size=images.shape[1],
+            self.model = alexnet.build_alexnet(num_classes=NUM_CLASSES, image_size=images.shape[1],
                                                  width=_WIDTH.value, seed=0, **VARIANTS[variant])
         self.model.compile(optimizer=PaperSGD(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                            metrics=[TopKError(1), TopKError(5)], jit_compile=_XLA.value,
@@ -260,7 +257,7 @@ class TorchContender:
     def __init__(self, images: np.ndarray, labels: np.ndarray):
         import torch  # Only compare needs it (requirements-bench.txt).
 
-        from tools import torch_alexnet
+        import torch_alexnet  # Beside this script (requirements-bench.txt): torch is imported only here.
 
         torch.manual_seed(0)
         if _INTRA_OP_THREADS.value:
@@ -459,12 +456,11 @@ class OnnxRuntimeContender:
         import onnxruntime
         import torch
 
-        from alexnet_tf import weights as weights_lib
-        from tools import torch_alexnet
+        import torch_alexnet  # Beside this script (requirements-bench.txt): torch is imported only here.
 
-        config = model_lib.model_config(model)
+        config = alexnet.architecture_of(model)
         twin = torch_alexnet.TorchAlexNet(config.num_classes, config.image_size, config.width, dropout=0.0)
-        torch_alexnet.load_keras_weights(twin, weights_lib.npy_weights(model))
+        torch_alexnet.load_keras_weights(twin, npy_weights.npy_weights(model))
         torch_alexnet.export_onnx(twin, onnx_path, config.image_size)
         del twin
         torch.set_num_threads(threads)  # The exporter's pool; idle afterwards.
@@ -498,7 +494,7 @@ def run_serve() -> dict:
     threads, batch_size, image_size = _THREADS.value, _BATCH_SIZE.value, _IMAGE_SIZE.value
     policy = _DTYPE_POLICY.value[0]
     with dtype_policy(policy):
-        model = model_lib.build_alexnet(num_classes=NUM_CLASSES, image_size=image_size, width=_WIDTH.value,
+        model = alexnet.build_alexnet(num_classes=NUM_CLASSES, image_size=image_size, width=_WIDTH.value,
                                         init="he", seed=0, **VARIANTS["grouped"])
     images, _ = synthetic_batch(batch_size, image_size)
     jpegs = synthetic_jpegs(batch_size)

@@ -11,15 +11,12 @@ alexnet_tf/data/stats.py.
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from alexnet_tf import cli, files  # First: it imports TensorFlow with its start-up notices held back.
+from alexnet_tf.data import dataset_stats, sources, stats
+from alexnet_tf.errors import ConfigError
 
-from absl import app, flags, logging  # noqa: E402
-
-from alexnet_tf.data import dataset_stats, records, sources, stats  # noqa: E402
-from alexnet_tf import cli  # noqa: E402
-from alexnet_tf.errors import ConfigError  # noqa: E402
+from absl import flags, logging
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Prepared data set, ILSVRC folder or tfds:NAME.", required=True)
 _OUTPUT = flags.DEFINE_string("output", None, f"Stats file to write; default DATA_DIR/{stats.STATS_FILENAME} "
@@ -43,7 +40,7 @@ def output_path(data_dir: str, output: str | None) -> str:
     if data_dir.startswith(sources.TFDS_PREFIX):
         raise ConfigError(f"--data_dir={data_dir} is not a folder to write {stats.STATS_FILENAME} to: give "
                           "--output=PATH, then train with --stats_path=PATH")
-    return records.join(data_dir, stats.STATS_FILENAME)
+    return files.join(data_dir, stats.STATS_FILENAME)
 
 
 def compute(data_dir: str, output: str | None) -> tuple[str, stats.Stats]:

@@ -5,24 +5,17 @@
 
 --checkpoint is a `.keras` model written by training (any variant: its config says which) or a
 bvlc_alexnet-layout `.npy` weights file ({'conv1': [W (11, 11, 3, 96), b], ...}, read as data only: see
-`alexnet_tf.weights.read_npy`). The image is `alexnet_tf.conv1.figure3` (each filter normalised to its own min-max
-range; a two-tower model's tower a above tower b, labelled), the same image TensorBoard shows under
-`filters/conv1`, upscaled --scale times with nearest-neighbour sampling.
+`alexnet_tf.model.npy_weights.read_npy`). The image is `alexnet_tf.analysis.figure3.figure3` (each filter
+normalised to its own min-max range; a two-tower model's tower a above tower b, labelled), the same image
+TensorBoard shows under `filters/conv1`, upscaled --scale times with nearest-neighbour sampling.
 """
 
-import os
-import sys
+from alexnet_tf import cli, files  # First: it imports TensorFlow with its start-up notices held back.
+from alexnet_tf.analysis import figure3
+from alexnet_tf.model import alexnet, loading, npy_weights
 
-if __package__ in (None, ""):  # Run as `python tools/plot_filters.py`: make the repository importable.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from alexnet_tf import cli, conv1, loading  # noqa: E402  First: it imports TensorFlow with its notices held back.
-from alexnet_tf import model as model_lib  # noqa: E402
-from alexnet_tf import weights as weights_lib  # noqa: E402
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
+import numpy as np
+from absl import flags
 
 CHECKPOINT_SUFFIXES = (".keras", ".npy")
 FLAGS = flags.FLAGS
@@ -37,7 +30,7 @@ def define_flags() -> None:
     flags.DEFINE_string("checkpoint", None, "A .keras model written by training, or a bvlc_alexnet-layout "
                         ".npy weights file.", required=True)
     flags.DEFINE_string("out", None, "PNG file to write (its folder is created).", required=True)
-    flags.DEFINE_integer("scale", conv1.DEFAULT_SCALE, "Nearest-neighbour upscaling factor of the grid.",
+    flags.DEFINE_integer("scale", figure3.DEFAULT_SCALE, "Nearest-neighbour upscaling factor of the grid.",
                          lower_bound=1)
     flags.register_validator("checkpoint", lambda v: v is None or v.endswith(CHECKPOINT_SUFFIXES),
                              "--checkpoint must be a .keras or .npy file")
@@ -49,19 +42,16 @@ def load_conv1_kernel(path: str) -> tuple[np.ndarray, int]:
     """(conv1 kernel [11, 11, 3, filters], towers) of a `.keras` model or a bvlc_alexnet-layout `.npy` file
     (whose conv1 is one stream: Caffe's conv1 is not grouped)."""
     if path.endswith(".npy"):
-        return np.asarray(weights_lib.read_npy(path)["conv1"][0]), 1
+        return np.asarray(npy_weights.read_npy(path)["conv1"][0]), 1
     model = loading.load_model(path)
-    return model_lib.conv1_kernel(model), model_lib.model_config(model).towers
+    return alexnet.conv1_kernel(model), alexnet.architecture_of(model).towers
 
 
-def write_filter_png(kernel: np.ndarray, out: str, towers: int = 1, scale: int = conv1.DEFAULT_SCALE
+def write_filter_png(kernel: np.ndarray, out: str, towers: int = 1, scale: int = figure3.DEFAULT_SCALE
                      ) -> tuple[int, int]:
     """Writes Figure 3 of `kernel` to the PNG file `out` (any tf.io.gfile path); returns its (height, width)."""
-    image = conv1.figure3(kernel, towers, scale)
-    directory = os.path.dirname(out)
-    if directory:
-        tf.io.gfile.makedirs(directory)
-    conv1.write_png(image, out)
+    image = figure3.figure3(kernel, towers, scale)
+    files.write_png(image, out)
     return image.shape[:2]
 
 

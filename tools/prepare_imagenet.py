@@ -12,14 +12,11 @@ the input changed). Files left out are listed at the end, each with its path and
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from alexnet_tf import cli  # First: it imports TensorFlow with its start-up notices held back.
+from alexnet_tf.data import prepare, records, sources
 
-from absl import app, flags, logging  # noqa: E402
-
-from alexnet_tf.data import prepare, records, sources  # noqa: E402
-from alexnet_tf import cli  # noqa: E402
+from absl import flags, logging
 
 _INPUT_DIR = flags.DEFINE_string("input_dir", None, "ILSVRC-layout folder (train/, val/) or tfds:NAME.",
                                  required=True)

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from alexnet_tf import layers as layers_lib
-from alexnet_tf import architecture
-from alexnet_tf import optimizer as optimizer_lib
+from alexnet_tf.model import architecture
+from alexnet_tf.model import layers as layers_lib
+from alexnet_tf.training import optimizer as optimizer_lib
 
 
 class _OnnxLRN(torch.autograd.Function):
@@ -122,7 +122,7 @@ class TorchAlexNet(nn.Module):
 
 
 def paper_sgd(model: nn.Module, learning_rate: float = optimizer_lib.LEARNING_RATE) -> torch.optim.SGD:
-    """`alexnet_tf.optimizer.PaperSGD` in PyTorch: `torch.optim.SGD`'s weight decay is added to the
+    """`alexnet_tf.training.optimizer.PaperSGD` in PyTorch: `torch.optim.SGD`'s weight decay is added to the
     gradient before the momentum (coupled L2), as the paper's; biases take none."""
     weights = [p for p in model.parameters() if p.dim() > 1]
     biases = [p for p in model.parameters() if p.dim() <= 1]
@@ -152,7 +152,7 @@ def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer
 
 
 def load_keras_weights(model: TorchAlexNet, weights: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    """Copies weights in the bvlc layout (`alexnet_tf.weights.npy_weights`: per layer name, a
+    """Copies weights in the bvlc layout (`alexnet_tf.model.npy_weights.npy_weights`: per layer name, a
     Keras-shaped kernel and a bias, conv kernels [h, w, in/groups, out]) into `model`."""
     layers = model.named_layers()
     with torch.no_grad():

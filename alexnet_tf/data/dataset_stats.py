@@ -27,7 +27,8 @@ def stored_image_batches(data_dir: str, *, batch_size: int = DEFAULT_BATCH_SIZE,
     source = config.source()
     size = source.stored_size or stored_size or pipeline.IMAGENET_STORED_SIZE
     # The centre crop of the stored size is the whole stored image.
-    images = pipeline.make_eval_dataset(config, batch_size, size, split=pipeline.TRAIN).map(lambda x, _: x)
+    images = pipeline.make_eval_dataset(config, batch_size, size, split=pipeline.TRAIN, source=source)
+    images = images.map(lambda x, _: x)
     if max_images:
         images = images.unbatch().take(max_images).batch(batch_size)
     return images.as_numpy_iterator()

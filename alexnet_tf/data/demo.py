@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from alexnet_tf.data import stats
+from alexnet_tf.errors import ConfigError, DataError
 
 DEFAULT_NUM_CLASSES = 10
 DEFAULT_TRAIN_PER_CLASS = 300
@@ -80,13 +81,13 @@ def generate(
       seed: a non-negative integer; the data are a function of the seed and the other arguments.
     """
     if not 2 <= num_classes <= len(CLASS_NAMES):
-        raise ValueError(f"num_classes must be in [2, {len(CLASS_NAMES)}], got {num_classes}.")
+        raise ConfigError(f"num_classes must be in [2, {len(CLASS_NAMES)}], got {num_classes}")
     if train_per_class < 1 or val_per_class < 1:
-        raise ValueError(f"Images per class must be >= 1, got {train_per_class} and {val_per_class}.")
+        raise ConfigError(f"images per class must be >= 1, got {train_per_class} and {val_per_class}")
     if size < 16:
-        raise ValueError(f"size must be >= 16 pixels, got {size}.")
+        raise ConfigError(f"size must be >= 16 pixels, got {size}")
     if os.path.exists(root) and os.listdir(root):
-        raise FileExistsError(f"{root} exists and is not empty; the demo data set is written to a new folder.")
+        raise ConfigError(f"{root} exists and is not empty: the demo data set is written to a new folder")
     staging = f"{root.rstrip(os.sep)}.partial"
     shutil.rmtree(staging, ignore_errors=True)  # Left over by an interrupted generation.
     counts = {"train": train_per_class, "val": val_per_class}
@@ -282,16 +283,14 @@ def ensure_demo_data(data_dir: str) -> None:
     """
     import tempfile  # Imported here, with the preparation, to keep this module's imports those of drawing.
 
-    import tensorflow as tf
-
-    from alexnet_tf import errors
+    from alexnet_tf import files
     from alexnet_tf.data import prepare, records
 
-    version_path = records.join(data_dir, VERSION_FILE)
+    version_path = files.join(data_dir, VERSION_FILE)
     if records.is_prepared(data_dir):
-        found = records.read_json(version_path).get("version") if tf.io.gfile.exists(version_path) else None
+        found = (files.read_json(version_path) or {}).get("version")
         if found != VERSION:
-            raise errors.DataError(f"{data_dir} holds the demo data of an older alexnet_tf (version {found}, this "
+            raise DataError(f"{data_dir} holds the demo data of an older alexnet_tf (version {found}, this "
                                    f"one draws version {VERSION}): delete it, or give another --data_dir")
         return
     local = "://" not in data_dir
@@ -300,4 +299,4 @@ def ensure_demo_data(data_dir: str) -> None:
     if not os.path.isdir(raw):  # generate() writes the folder whole or not at all.
         generate(raw)
     prepare.prepare(raw, data_dir, stored_size=DEFAULT_SIZE, names_file=os.path.join(raw, NAMES_FILE))
-    records.write_json(version_path, {"version": VERSION})
+    files.write_json(version_path, {"version": VERSION})

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import posixpath
 
 import tensorflow as tf
 
+from alexnet_tf import files
 from alexnet_tf.data import records
 from alexnet_tf.errors import DataError
 
@@ -46,10 +46,6 @@ def _is_url(path: str) -> bool:
     return "://" in path
 
 
-def _join(folder: str, name: str) -> str:
-    return posixpath.join(folder, name) if _is_url(folder) else os.path.join(folder, name)
-
-
 def isdir(path: str) -> bool:
     return tf.io.gfile.isdir(path) if _is_url(path) else os.path.isdir(fs_path(path))
 
@@ -60,7 +56,7 @@ def _entries(folder: str) -> list[tuple[str, bool, int]]:
         entries = []
         for name in tf.io.gfile.listdir(folder):
             name = name.rstrip("/")
-            path = _join(folder, name)
+            path = files.join(folder, name)
             is_dir = tf.io.gfile.isdir(path)
             entries.append((name, is_dir, 0 if is_dir else tf.io.gfile.stat(path).length))
         return sorted(entries)
@@ -76,7 +72,7 @@ def _entries(folder: str) -> list[tuple[str, bool, int]]:
 
 
 def _image_files(folder: str) -> list[tuple[str, int]]:
-    return [(_join(folder, name), size) for name, is_dir, size in _entries(folder)
+    return [(files.join(folder, name), size) for name, is_dir, size in _entries(folder)
             if not is_dir and name.lower().endswith(IMAGE_EXTENSIONS)]
 
 
@@ -97,10 +93,10 @@ def wnids(root: str) -> list[str]:
     Raises DataError if there are none, or if a class folder holds no image.
     """
     for split_dir in SPLIT_DIRS.values():
-        folder = _join(root, split_dir)
+        folder = files.join(root, split_dir)
         classes = [name for name, is_dir, _ in _entries(folder) if is_dir] if isdir(folder) else []
         if classes:
-            empty = [name for name in classes if not _image_files(_join(folder, name))]
+            empty = [name for name in classes if not _image_files(files.join(folder, name))]
             if empty:
                 raise DataError(f"{folder}: class folders with no image ({', '.join(empty[:5])}"
                                 f"{', ...' if len(empty) > 5 else ''}): remove them or fill them, or they become "
@@ -137,27 +133,27 @@ def list_split(root: str, split: str, *, val_labels: str | None = None) -> Listi
     """The images of `split` ('train' or 'validation') of the ILSVRC folder `root`; labels index `wnids(root)`."""
     classes = wnids(root)
     index = {wnid: i for i, wnid in enumerate(classes)}
-    folder = _join(root, SPLIT_DIRS[split])
+    folder = files.join(root, SPLIT_DIRS[split])
     if not isdir(folder):
         raise records.not_prepared(root, f"no {SPLIT_DIRS[split]}/ folder for the {split} split")
     class_dirs = [name for name, is_dir, _ in _entries(folder) if is_dir]
     rows, skipped = [], {}
     if class_dirs:
         for name in class_dirs:
-            files = _image_files(_join(folder, name))
+            images = _image_files(files.join(folder, name))
             if name in index:
-                rows.extend((path, index[name], size) for path, size in files)
+                rows.extend((path, index[name], size) for path, size in images)
             else:
                 skipped.update((path, f"class {name} is not among the classes of {SPLIT_DIRS[records.TRAIN]}/")
-                               for path, _ in files)
+                               for path, _ in images)
     else:
-        files = _image_files(folder)
+        images = _image_files(folder)
         if val_labels is None:
             raise DataError(f"{folder} is a flat folder: its labels need a ground-truth file (val_labels)")
-        labels = read_val_labels(val_labels, [path for path, _ in files])
+        labels = read_val_labels(val_labels, [path for path, _ in images])
         unknown = sorted(set(labels) - set(index))
         if unknown:
             raise DataError(f"{val_labels}: wnids not among the training classes, e.g. {unknown[0]}")
-        rows = [(path, index[wnid], size) for (path, size), wnid in zip(files, labels)]
+        rows = [(path, index[wnid], size) for (path, size), wnid in zip(images, labels)]
     rows.sort()
     return Listing([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], dict(sorted(skipped.items())))

@@ -2,7 +2,8 @@
 
 Images leave the pipeline as float32 on the 0-255 scale with the mean subtracted, RGB (or BGR on request, for
 Caffe-trained weights); labels are int32 class indices in sorted-wnid order (n01440764 -> 0 for ImageNet).
-What to read and how to normalize it is a `DataConfig`; sizes are arguments of the functions.
+What to read and how to normalize it is a `DataConfig`; sizes are arguments of the functions. Each function takes
+the data set already opened (`source=config.source()`, once per run), or opens it itself.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf.data import augment, sources, stats as stats_lib
+from alexnet_tf.data import augment, records, sources, stats as stats_lib
 from alexnet_tf.data.records import IMAGENET_STORED_SIZE, TRAIN, VALIDATION  # noqa: F401 (re-exported)
 from alexnet_tf.errors import ConfigError, DataError
 
@@ -72,8 +73,11 @@ class DataConfig:
             raise ConfigError(f"stored_size={self.stored_size} must be positive")
 
     def source(self) -> sources.Source:
+        """Opens the data set (`sources.open_source`). Open it once per run and pass it down: opening an ILSVRC
+        folder lists it."""
         if self.data_dir is None:
-            raise ConfigError("data_dir is required")
+            raise ConfigError(f"--data_dir is required (prepare a data set with: "
+                              f"{records.prepare_command('DATA_DIR')})")
         return sources.open_source(self.data_dir, names_file=self.names_file, val_labels=self.val_labels)
 
 
@@ -124,8 +128,8 @@ def _with_options(dataset: tf.data.Dataset, deterministic: bool, threads: int | 
 
 
 def make_train_dataset(config: DataConfig, batch_size: int, image_size: int = IMAGENET_CROP_SIZE, *,
-                       seed: int | None = None, deterministic: bool = False,
-                       threads: int | None = None) -> tf.data.Dataset:
+                       seed: int | None = None, deterministic: bool = False, threads: int | None = None,
+                       source: sources.Source | None = None) -> tf.data.Dataset:
     """One shuffled, augmented pass over the training split (Section 4.1), in complete batches.
 
     Yields (images float32 [batch_size, image_size, image_size, 3], labels int32 [batch_size]); the last partial
@@ -136,7 +140,7 @@ def make_train_dataset(config: DataConfig, batch_size: int, image_size: int = IM
     pipeline a private thread pool of that size.
     """
     _check_batch_size(batch_size)
-    source = config.source()
+    source = source or config.source()
     stored_size = _stored_size(config, source, image_size)
     count = source.num_examples(TRAIN)
     if source.prepared and count < batch_size:
@@ -178,7 +182,8 @@ def make_train_dataset(config: DataConfig, batch_size: int, image_size: int = IM
 
 
 def make_eval_transform(config: DataConfig, image_size: int = IMAGENET_CROP_SIZE, *, ten_crop: bool = False,
-                        any_image: bool = False) -> Callable[[tf.Tensor], tf.Tensor]:
+                        any_image: bool = False, source: sources.Source | None = None
+                        ) -> Callable[[tf.Tensor], tf.Tensor]:
     """fn(encoded image, tf.string scalar) -> its test-time input as `make_eval_dataset` yields it (Section 4.1).
 
     The input is float32 [image_size, image_size, 3], or [10, image_size, image_size, 3] with `ten_crop`. Stored
@@ -192,7 +197,8 @@ def make_eval_transform(config: DataConfig, image_size: int = IMAGENET_CROP_SIZE
     The transform holds no XLA-compiled function (`augment.finish_crops_ops`), so a SavedModel of it runs on
     TensorFlow Serving builds without XLA.
     """
-    source = None if config.data_dir is None else config.source()
+    if source is None and config.data_dir is not None:
+        source = config.source()
     return _eval_transform(config, source, image_size, ten_crop, any_image)
 
 
@@ -221,7 +227,7 @@ def _eval_transform(config: DataConfig, source: sources.Source | None, image_siz
 
 def make_eval_dataset(config: DataConfig, batch_size: int, image_size: int = IMAGENET_CROP_SIZE, *,
                       ten_crop: bool = False, split: str = VALIDATION, threads: int | None = None,
-                      val_labels: str | None = None) -> tf.data.Dataset:
+                      val_labels: str | None = None, source: sources.Source | None = None) -> tf.data.Dataset:
     """Every example of `split`, in order, last partial batch kept (Section 4.1, test time).
 
     Yields (images float32 [B, image_size, image_size, 3], labels int32 [B]): the centre crop of the stored
@@ -232,7 +238,8 @@ def make_eval_dataset(config: DataConfig, batch_size: int, image_size: int = IMA
     _check_batch_size(batch_size)
     if val_labels is not None:
         config = dataclasses.replace(config, val_labels=val_labels)
-    source = config.source()
+        source = None  # Labelled otherwise than the source opened.
+    source = source or config.source()
     transform = _eval_transform(config, source, image_size, ten_crop, any_image=False)
     records = source.encoded(split, training=False)
     dataset = records.map(lambda encoded, label: (transform(encoded), tf.cast(label, tf.int32)),

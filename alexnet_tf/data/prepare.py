@@ -38,6 +38,7 @@ import tqdm
 from absl import logging
 from PIL import Image, ImageFile
 
+from alexnet_tf import files
 from alexnet_tf.data import dataset_stats, ilsvrc, records, sources, stats as stats_lib
 from alexnet_tf.errors import ConfigError, DataError
 
@@ -121,8 +122,8 @@ def _write_shard(examples: list[Example], output_dir: str, name: str, stored_siz
                  max_file_bytes: int, progress: tqdm.tqdm) -> dict:
     """Writes one shard atomically, then its summary {'num_examples', 'skipped'} (the resume marker)."""
     skipped = {}
-    tmp_path = records.join(output_dir, name + ".tmp")
-    with tf.io.TFRecordWriter(tmp_path) as writer:
+    shard_path = files.join(output_dir, name)
+    with tf.io.TFRecordWriter(files.partial_path(shard_path)) as writer:
         for example in examples:
             try:
                 jpeg = encode_stored_image(_read(example, max_file_bytes), stored_size, jpeg_quality)
@@ -134,14 +135,14 @@ def _write_shard(examples: list[Example], output_dir: str, name: str, stored_siz
             if example.path in skipped:
                 logging.warning("Skipping %s: %s", example.path, skipped[example.path])
             progress.update()
-    tf.io.gfile.rename(tmp_path, records.join(output_dir, name), overwrite=True)
+    tf.io.gfile.rename(files.partial_path(shard_path), shard_path, overwrite=True)
     summary = {"num_examples": len(examples) - len(skipped), "skipped": skipped}
-    records.write_json(_progress_path(output_dir, name + ".json"), summary)
+    files.write_json(_progress_path(output_dir, name + ".json"), summary)
     return summary
 
 
 def _progress_path(output_dir: str, name: str) -> str:
-    return records.join(records.join(output_dir, PROGRESS_DIR), name)
+    return files.join(output_dir, PROGRESS_DIR, name)
 
 
 def write_split(examples: Iterator[Example], num_examples: int, output_dir: str, split: str, *,
@@ -251,10 +252,10 @@ def _tfds_input(source: sources.TfdsSource, manual_dir: str | None) -> _Input:
 def _remove_stale(output_dir: str) -> None:
     """Removes every shard, progress summary and result of an earlier preparation in `output_dir`."""
     stale = [path for split in records.SPLITS
-             for pattern in (records.shard_pattern(split), records.shard_pattern(split) + ".tmp")
-             for path in tf.io.gfile.glob(records.join(output_dir, pattern))]
+             for pattern in (records.shard_pattern(split), files.PARTIAL_PREFIX + records.shard_pattern(split))
+             for path in tf.io.gfile.glob(files.join(output_dir, pattern))]
     stale += tf.io.gfile.glob(_progress_path(output_dir, "*.json"))
-    stale += [records.join(output_dir, name) for name in (records.DATASET_INFO_FILENAME, records.LABELS_FILENAME,
+    stale += [files.join(output_dir, name) for name in (records.DATASET_INFO_FILENAME, records.LABELS_FILENAME,
                                                           stats_lib.STATS_FILENAME)]
     for path in stale:
         if tf.io.gfile.exists(path):
@@ -276,7 +277,7 @@ def _check_settings(output_dir: str, settings: dict, digest: str) -> None:
         logging.warning("%s: the input changed since this preparation started (files added, removed or resized): "
                         "starting over, stale shards removed", output_dir)
     _remove_stale(output_dir)
-    records.write_json(path, {**settings, "input_digest": digest})
+    files.write_json(path, {**settings, "input_digest": digest})
 
 
 def prepare(input_dir: str, output_dir: str, *, stored_size: int = records.IMAGENET_STORED_SIZE,
@@ -300,7 +301,7 @@ def prepare(input_dir: str, output_dir: str, *, stored_size: int = records.IMAGE
         raise DataError(f"{input_dir}: already a prepared data set, not an ILSVRC folder or tfds:NAME")
     if not inputs.splits:
         raise DataError(f"{input_dir}: no train/ or val/ folder to prepare")
-    tf.io.gfile.makedirs(records.join(output_dir, PROGRESS_DIR))
+    tf.io.gfile.makedirs(files.join(output_dir, PROGRESS_DIR))
     settings = {"input_dir": os.path.abspath(input_dir) if ilsvrc.isdir(input_dir) and "://" not in input_dir
                 else input_dir, "stored_size": stored_size, "jpeg_quality": jpeg_quality,
                 "images_per_shard": images_per_shard, "seed": seed, "val_labels": val_labels}
@@ -319,7 +320,7 @@ def prepare(input_dir: str, output_dir: str, *, stored_size: int = records.IMAGE
     info = {"stored_size": stored_size, "num_classes": len(inputs.labels), "jpeg_quality": jpeg_quality,
             "splits": {split: dataclasses.asdict(report) for split, report in reports.items()}}
     records.write_dataset_info(output_dir, info)
-    stats_path = records.join(output_dir, stats_lib.STATS_FILENAME)
+    stats_path = files.join(output_dir, stats_lib.STATS_FILENAME)
     if records.TRAIN in reports and reports[records.TRAIN].num_examples and not tf.io.gfile.exists(stats_path):
         logging.info("Computing the training set's mean image and RGB eigenvectors (%s)", stats_path)
         stats_lib.save_stats(stats_path, dataset_stats.compute_dataset_stats(output_dir))

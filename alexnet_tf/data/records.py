@@ -15,13 +15,10 @@ another shard count are never read twice.
 
 from __future__ import annotations
 
-import json
-import os
-import posixpath
-
 import tensorflow as tf
 
-from alexnet_tf.errors import DataError
+from alexnet_tf import files
+from alexnet_tf.errors import DataError, tf_error_line
 
 TRAIN = "train"
 VALIDATION = "validation"
@@ -37,11 +34,6 @@ FEATURES = {
     LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
 }
 _INFO_KEYS = ("stored_size", "num_classes", "splits")
-
-
-def join(directory: str, name: str) -> str:
-    """`directory/name` for local paths and URLs alike (os.path.join would use '\\' on Windows for gs://)."""
-    return posixpath.join(directory, name) if "://" in directory else os.path.join(directory, name)
 
 
 def prepare_command(data_dir: str) -> str:
@@ -64,11 +56,11 @@ def shard_pattern(split: str, num_shards: int | None = None) -> str:
 
 def shard_files(data_dir: str, split: str, num_shards: int) -> list[str]:
     """The `num_shards` shard paths of `split`, sorted; DataError if any is missing."""
-    files = sorted(tf.io.gfile.glob(join(data_dir, shard_pattern(split, num_shards))))
-    if len(files) != num_shards:
+    paths = sorted(tf.io.gfile.glob(files.join(data_dir, shard_pattern(split, num_shards))))
+    if len(paths) != num_shards:
         raise not_prepared(data_dir, f"{DATASET_INFO_FILENAME} names {num_shards} {split} shards, "
-                                     f"{len(files)} are there")
-    return files
+                                     f"{len(paths)} are there")
+    return paths
 
 
 def serialize_example(jpeg: bytes, label: int, filename: bytes) -> bytes:
@@ -87,32 +79,21 @@ def parse_example(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return features[ENCODED_KEY], features[LABEL_KEY]
 
 
-def write_text(path: str, text: str) -> None:
-    """Writes `path` atomically: a temporary name, then a rename over it."""
-    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
-
-
-def write_json(path: str, value: dict) -> None:
-    write_text(path, json.dumps(value, indent=1))
-
-
 def read_json(path: str) -> dict:
-    try:
-        with tf.io.gfile.GFile(path) as f:
-            return json.loads(f.read())
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not valid JSON ({error})") from None
+    """The JSON object at `path`; DataError if it is not valid JSON."""
+    value = files.read_json(path)
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: not valid JSON (a JSON object was expected)")
+    return value
 
 
 def is_prepared(data_dir: str) -> bool:
-    return tf.io.gfile.exists(join(data_dir, DATASET_INFO_FILENAME))
+    return tf.io.gfile.exists(files.join(data_dir, DATASET_INFO_FILENAME))
 
 
 def read_dataset_info(data_dir: str) -> dict:
     """dataset_info.json of a prepared directory: stored_size, num_classes, splits.<split>.num_examples, ..."""
-    path = join(data_dir, DATASET_INFO_FILENAME)
+    path = files.join(data_dir, DATASET_INFO_FILENAME)
     if not tf.io.gfile.exists(path):
         raise not_prepared(data_dir, f"no {DATASET_INFO_FILENAME} (an interrupted preparation resumes when rerun)")
     info = read_json(path)
@@ -123,12 +104,12 @@ def read_dataset_info(data_dir: str) -> dict:
 
 
 def write_dataset_info(data_dir: str, info: dict) -> None:
-    write_json(join(data_dir, DATASET_INFO_FILENAME), info)
+    files.write_json(files.join(data_dir, DATASET_INFO_FILENAME), info)
 
 
 def read_labels(data_dir: str) -> list[tuple[str, str]]:
     """(wnid, name) per class in index order, from labels.txt."""
-    path = join(data_dir, LABELS_FILENAME)
+    path = files.join(data_dir, LABELS_FILENAME)
     if not tf.io.gfile.exists(path):
         raise not_prepared(data_dir, f"no {LABELS_FILENAME}")
     with tf.io.gfile.GFile(path) as f:
@@ -139,4 +120,27 @@ def read_labels(data_dir: str) -> list[tuple[str, str]]:
 
 
 def write_labels(data_dir: str, labels: list[tuple[str, str]]) -> None:
-    write_text(join(data_dir, LABELS_FILENAME), "".join(f"{i}\t{w}\t{n}\n" for i, (w, n) in enumerate(labels)))
+    lines = "".join(f"{i}\t{wnid}\t{name}\n" for i, (wnid, name) in enumerate(labels))
+    files.write_text(files.join(data_dir, LABELS_FILENAME), lines)
+
+
+def corrupt_data_error(data_dir: str | None, error: tf.errors.OpError) -> DataError:
+    """A DataError for a DataLossError while reading `data_dir`, naming its corrupt TFRecord files.
+
+    TensorFlow's message gives only the offset of the bad record, so the files are read once more to find it
+    (TFRecordDataset checks every record's CRC); this costs a pass over the data, but only after a failure.
+    """
+    shards = sorted(path for split in SPLITS
+                    for path in tf.io.gfile.glob(files.join(data_dir, shard_pattern(split)))) if data_dir else []
+    corrupt = [path for path in shards if _is_corrupt(path)]
+    return DataError(f"unreadable data ({tf_error_line(error)}) in {', '.join(corrupt) or data_dir}: prepare "
+                         "the data set again: " + prepare_command(data_dir or "DATA_DIR"))
+
+
+def _is_corrupt(path: str) -> bool:
+    try:
+        for _ in tf.data.TFRecordDataset(path):
+            pass
+    except tf.errors.DataLossError:
+        return True
+    return False

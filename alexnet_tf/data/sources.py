@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from alexnet_tf import files
 from alexnet_tf.data import augment, ilsvrc, records, stats as stats_lib
 from alexnet_tf.errors import DataError
 
@@ -109,14 +110,14 @@ class PreparedSource(Source):
         self.num_examples(split)  # A clear error for a missing split.
         num_shards = self.info["splits"][split].get("num_shards")
         if num_shards is None:  # Written before num_shards was recorded: every shard of the split.
-            files = sorted(tf.io.gfile.glob(records.join(self.data_dir, records.shard_pattern(split))))
+            shards = sorted(tf.io.gfile.glob(files.join(self.data_dir, records.shard_pattern(split))))
         else:
-            files = records.shard_files(self.data_dir, split, int(num_shards))
+            shards = records.shard_files(self.data_dir, split, int(num_shards))
         if training:
-            serialized = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed).interleave(
+            serialized = tf.data.Dataset.from_tensor_slices(shards).shuffle(len(shards), seed=seed).interleave(
                 tf.data.TFRecordDataset, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
         else:
-            serialized = tf.data.TFRecordDataset(files)
+            serialized = tf.data.TFRecordDataset(shards)
         return serialized.map(records.parse_example, num_parallel_calls=tf.data.AUTOTUNE,
                               deterministic=deterministic)
 
@@ -124,7 +125,7 @@ class PreparedSource(Source):
         return augment.decode_and_crop
 
     def stats_path(self) -> str | None:
-        path = records.join(self.data_dir, stats_lib.STATS_FILENAME)
+        path = files.join(self.data_dir, stats_lib.STATS_FILENAME)
         return path if tf.io.gfile.exists(path) else None
 
 
@@ -140,7 +141,7 @@ class IlsvrcSource(Source):
         return [(wnid, names.get(wnid, wnid)) for wnid in self._wnids]
 
     def has_split(self, split: str) -> bool:
-        return split in ilsvrc.SPLIT_DIRS and ilsvrc.isdir(records.join(self.data_dir, ilsvrc.SPLIT_DIRS[split]))
+        return split in ilsvrc.SPLIT_DIRS and ilsvrc.isdir(files.join(self.data_dir, ilsvrc.SPLIT_DIRS[split]))
 
     @functools.lru_cache(maxsize=None)
     def listing(self, split: str) -> ilsvrc.Listing:
@@ -233,7 +234,7 @@ def open_source(data_dir: str, *, names_file: str | None = None, val_labels: str
         raise records.not_prepared(data_dir, "no such directory")
     if records.is_prepared(data_dir):
         return PreparedSource(data_dir)
-    if any(ilsvrc.isdir(records.join(data_dir, d)) for d in ilsvrc.SPLIT_DIRS.values()):
+    if any(ilsvrc.isdir(files.join(data_dir, d)) for d in ilsvrc.SPLIT_DIRS.values()):
         return IlsvrcSource(data_dir, names_file=names_file, val_labels=val_labels)
     raise records.not_prepared(data_dir, f"neither a prepared data set (no {records.DATASET_INFO_FILENAME}; an "
                                          "interrupted preparation resumes when rerun) nor an ILSVRC folder (no "

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 import numpy as np
 import tensorflow as tf
 
+from alexnet_tf import files
 from alexnet_tf.errors import ConfigError, DataError
 
 STATS_FILENAME = "stats.npz"
@@ -79,9 +80,7 @@ def save_stats(path: str, stats: Stats) -> None:
     """Writes `stats` to an .npz file atomically (temporary name, then rename), on any tf.io.gfile file system."""
     buffer = io.BytesIO()
     np.savez(buffer, mean_image=stats.mean_image, eigval=stats.eigval, eigvec=stats.eigvec)
-    with tf.io.gfile.GFile(path + ".tmp", "wb") as f:
-        f.write(buffer.getvalue())
-    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+    files.write_bytes(path, buffer.getvalue())
 
 
 def load_stats(path: str) -> Stats:

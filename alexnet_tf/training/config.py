@@ -1,0 +1,64 @@
+"""`TrainConfig`: everything a training run needs, typed, made once from the flags at the binary's edge."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from alexnet_tf.data.pipeline import DataConfig
+from alexnet_tf.model.architecture import AlexNetConfig
+from alexnet_tf.training import multi_worker
+from alexnet_tf.training.distribute import STRATEGIES
+from alexnet_tf.training.optimizer import OptimizerConfig
+from alexnet_tf.training.schedule import ScheduleConfig
+from alexnet_tf.errors import ConfigError
+
+EPOCHS = 90  # Section 5: "roughly 90 cycles through the training set".
+BATCH_SIZE = 128  # Section 5: "a batch size of 128 examples".
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs, from the flags (`alexnet_tf.train.config_from_flags`) or built by a test.
+
+    `architecture.num_classes` is replaced by the data set's when `classes_from_data` (no --num_classes given).
+    """
+
+    architecture: AlexNetConfig
+    data: DataConfig
+    optimizer: OptimizerConfig
+    schedule: ScheduleConfig
+    model_dir: str
+    epochs: int = EPOCHS
+    batch_size: int = BATCH_SIZE
+    steps_per_epoch: int | None = None
+    strategy: str = "one_device"
+    tower_devices: tuple[str, str] = ("/GPU:0", "/GPU:1")
+    cluster_timeout: float = multi_worker.DEFAULT_TIMEOUT_SECONDS
+    dtype_policy: str = "float32"
+    xla: bool = False
+    seed: int | None = None
+    deterministic: bool = False
+    keep_checkpoints: int = 3
+    demo: bool = False
+    pretrained: str | None = None
+    freeze_conv: bool = False
+    export_dir: str | None = None
+    classes_from_data: bool = True
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.xla and self.strategy == "towers":
+            raise ConfigError("--xla: XLA ignores tf.device placement (tensorflow issue 124880), so it is refused "
+                              "with --strategy=towers")
+        if self.strategy == "towers" and self.architecture.towers != 2:
+            raise ConfigError("--strategy=towers needs --towers=2")
+        if self.freeze_conv and not self.pretrained:
+            raise ConfigError("--freeze_conv needs --pretrained: frozen random convolutions learn nothing")
+        if self.deterministic and self.seed is None:
+            raise ConfigError("--deterministic needs --seed")
+
+    def to_json(self) -> dict[str, Any]:
+        """The whole config as plain JSON values, nested by part (MODEL_DIR/config.json)."""
+        return dataclasses.asdict(self)
