@@ -169,5 +169,41 @@ def test_flags_that_deviate_from_the_paper_reach_their_objects(tmp_path, monkeyp
     assert seen["data"].pca_noise is False and seen["data"].mean == "channel"
 
 
+def _flagfile_flags(path: str) -> list[str]:
+    """The names of the flags a flagfile sets, in order."""
+    with open(path) as f:
+        return [line.split("=")[0][2:].strip() for line in f if line.startswith("--")]
+
+
+def _leaves(config: dict, prefix: str = "") -> dict:
+    """A TrainConfig's JSON as {"architecture.width": 0.25, ...}."""
+    leaves = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            leaves.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            leaves[prefix + key] = value
+    return leaves
+
+
+# The config field each flag of a recipe fills, where its name is not the field's own.
+_FIELD_OF_FLAG = {"lr_patience_epochs": "patience_epochs", "lr_min_delta": "min_delta",
+                  "lr_max_reductions": "max_reductions"}
+
+
+def test_the_demo_differs_from_the_paper_in_exactly_the_flags_it_lists(tmp_path, monkeypatch):
+    demo_cfg = os.path.join(REPO, "flags", "demo.cfg")
+    monkeypatch.chdir(tmp_path)  # From another working directory, by absolute path.
+    demo = train.config_from_flags(flag_parser(train)(f"--flagfile={demo_cfg}"))
+    paper = train.config_from_flags(flag_parser(train)(PAPER, f"--data_dir={demo.data.data_dir}",
+                                                       f"--model_dir={demo.model_dir}"))
+    demo_leaves, paper_leaves = _leaves(demo.to_json()), _leaves(paper.to_json())
+    differing = {path.rsplit(".", 1)[-1] for path in demo_leaves if demo_leaves[path] != paper_leaves[path]}
+    # paper.cfg names no folders (the user gives them): the demo's are compared above by giving them to both.
+    listed = {_FIELD_OF_FLAG.get(name, name) for name in _flagfile_flags(demo_cfg)} - {"data_dir", "model_dir"}
+    assert differing == listed
+    assert (demo.architecture.width, demo.architecture.towers, demo.strategy) == (0.25, 2, "one_device")
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
