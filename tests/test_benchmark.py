@@ -29,6 +29,7 @@ def _benchmark(*args):
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_pipeline_subcommand_prints_one_json_line(tmp_path):
     raw, prepared, photos = tmp_path / "raw", tmp_path / "prepared", tmp_path / "photos"
     imagenet_like.write_ilsvrc(str(raw))
@@ -50,6 +51,7 @@ def test_pipeline_subcommand_prints_one_json_line(tmp_path):
     assert report["naive_images_per_sec"] > 0 and report["speedup_vs_naive"] > 0
 
 
+@pytest.mark.slow
 def test_unknown_subcommand_and_missing_data_dir_fail_cleanly():
     for args, message in ((["nonsense"], "subcommand"), (["pipeline"], "--data_dir")):
         result = _benchmark(*args)
@@ -76,6 +78,7 @@ def test_paper_networks_training_flops():
     assert train_flops((55, 27, 13, 6), (96, 256, 384, 384, 256, 4096), 2, 1000) == 4_135_610_496
 
 
+@pytest.mark.slow
 def test_model_prints_one_line_per_variant_with_both_rates():
     result = _benchmark("model", *TINY, "--variant=paper", "--variant=dense")
     assert result.returncode == 0, result.stderr
@@ -101,6 +104,7 @@ def test_model_prints_one_line_per_variant_with_both_rates():
     assert dense["train_ratio_to_first"] == pytest.approx(np.median(ratios), abs=0.01)
 
 
+@pytest.mark.slow
 def test_model_alternates_dtype_policies_one_line_each():
     result = _benchmark("model", *TINY, "--dtype_policy=float32", "--dtype_policy=mixed_bfloat16")
     assert result.returncode == 0, result.stderr
@@ -120,6 +124,7 @@ def test_model_alternates_dtype_policies_one_line_each():
     (["--steps=3", "--steps_per_execution=2"], "--steps_per_execution"),
     (["--dtype_policy=float16"], "--dtype_policy"),
 ])
+@pytest.mark.slow
 def test_bad_flags_give_one_line_and_no_traceback(args, flag):
     result = _benchmark("model", *args)
     assert result.returncode != 0
@@ -199,6 +204,7 @@ def test_torch_sgd_steps_match_paper_sgd(torch_alexnet):
                                        atol=1e-3 * np.abs(expected).max(), err_msg=name)
 
 
+@pytest.mark.slow
 def test_compare_prints_both_rates_their_ratio_and_the_roofline(torch_alexnet):
     result = _benchmark("compare", *TINY, "--matmul_size=256")
     assert result.returncode == 0, result.stderr
@@ -235,6 +241,7 @@ def test_onnx_export_computes_the_keras_logits(torch_alexnet, onnxruntime, tmp_p
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
+@pytest.mark.slow
 def test_serve_times_savedmodel_and_onnxruntime_on_the_same_logits(onnxruntime):
     result = _benchmark("serve", *TINY, "--matmul_size=256", "--threads=1")
     assert result.returncode == 0, result.stderr
@@ -261,6 +268,7 @@ def test_serve_times_savedmodel_and_onnxruntime_on_the_same_logits(onnxruntime):
     assert line["threads"] == line["onnxruntime_intra_op_threads"] == line["intra_op_threads"] == 1
 
 
+@pytest.mark.slow
 def test_serve_refuses_another_variant():
     result = _benchmark("serve", "--variant=paper")
     assert result.returncode != 0 and "benchmark: error: serve times the grouped network" in result.stderr

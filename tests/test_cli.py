@@ -19,6 +19,7 @@ def run_python(code, *args, env=None):
                           timeout=120, env=env)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("onednn", [None, "0"])
 def test_importing_the_package_changes_no_process_state_but_onednns_default(onednn):
     code = """
@@ -49,6 +50,7 @@ print(_pywrap_util_port.IsMklEnabled())
         assert process.stdout.strip() == "False"
 
 
+@pytest.mark.slow
 def test_onednn_default_is_not_set_after_tensorflow_started():
     code = """
 import os, tensorflow, alexnet_tf
@@ -67,6 +69,7 @@ print(os.environ.get("TF_ENABLE_ONEDNN_OPTS"))
      ["--learning_rate", "--pca_noise"]),
     ("export", ["--lrn_k", "--export_dir", "--checkpoint", "--stats_path"], ["--ensemble", "--epochs"]),
 ])
+@pytest.mark.slow
 def test_help_lists_the_binarys_own_flags_and_no_others(binary, own, foreign):
     process = subprocess.run([sys.executable, "-m", f"alexnet_tf.{binary}", "--help"], cwd=REPO,
                              capture_output=True, text=True, timeout=120)
@@ -109,6 +112,7 @@ def test_a_model_flag_that_contradicts_a_checkpoint_is_refused(tmp_path):
     assert model.get_config()["num_classes"] == 4
 
 
+@pytest.mark.slow
 def test_the_stderr_filter_drops_tensorflows_info_lines_and_keeps_the_rest():
     code = """
 import os, sys

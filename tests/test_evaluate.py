@@ -183,6 +183,7 @@ def test_flags_that_do_not_fit_are_refused(parse, data_dir, tmp_path):
         parse("--mean=channel", "--mean_rgb=1,2,x")
 
 
+@pytest.mark.slow
 def test_no_model_gives_one_line_and_no_traceback(data_dir):
     process = subprocess.run([sys.executable, "-m", "alexnet_tf.evaluate", f"--data_dir={data_dir}"], cwd=REPO,
                              capture_output=True, text=True, timeout=120)
@@ -191,6 +192,7 @@ def test_no_model_gives_one_line_and_no_traceback(data_dir):
     assert "Traceback" not in process.stderr
 
 
+@pytest.mark.slow
 def test_main_prints_the_errors_and_the_image_count(data_dir, tmp_path):
     npy = cc.save_npy(str(tmp_path / "w.npy"))
     process = subprocess.run([sys.executable, "-m", "alexnet_tf.evaluate", *cc.FLAGS, f"--data_dir={data_dir}",

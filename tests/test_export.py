@@ -86,6 +86,7 @@ def placed_colour_checkpoint(path) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_placed_two_tower_model_exports_and_serves_without_the_package(parse, tmp_path):
     data_dir = cc.prepared_dataset(str(tmp_path / "data"))
     export_dir = str(tmp_path / "export")

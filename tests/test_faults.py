@@ -1,5 +1,6 @@
 """Bad input and divergence: each stops training with one line and loses nothing already on disk."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -61,6 +62,7 @@ def assert_kept(before, directory):
     (lambda data: shutil.rmtree(data) or data.mkdir(), "neither a prepared data set"),
     (lambda data: (data / "dataset_info.json").write_text("{not json"), "dataset_info.json: not valid JSON ("),
 ])
+@pytest.mark.slow
 def test_an_empty_or_unreadable_data_dir_is_one_line_and_exit_status_1(data_dir, tmp_path, capsys, parse, spoil,
                                                                         message):
     data = shutil.copytree(data_dir, tmp_path / "data")
@@ -74,6 +76,7 @@ def test_an_empty_or_unreadable_data_dir_is_one_line_and_exit_status_1(data_dir,
     assert not (tmp_path / "model").exists()
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_epoch(parse, tmp_path):
     """A NaN sample weight in the 7th batch makes that step's loss NaN: epoch 2, step 3 of 4-step epochs."""
     images = np.random.default_rng(0).uniform(-1, 1, (12, 8, 64, 64, 3)).astype(np.float32)
@@ -98,6 +101,7 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_epoch(parse, tmp_pat
     assert not (model_dir / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_a_learning_rate_blowup_stops_before_saving(data_dir, parse, tmp_path):
     flag_values = parse(f"--data_dir={data_dir}", f"--model_dir={tmp_path}", "--learning_rate=1e6")
     with pytest.raises(errors.TrainingError, match=r"at epoch 1.*training diverged"):
@@ -119,6 +123,7 @@ def test_weights_that_overflowed_in_the_last_step_are_not_saved():
         guard.on_epoch_end(0, {"loss": 1.5})
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Your input ran out of data")
 def test_an_epoch_without_a_readable_image_stops_the_run(parse, tmp_path):
     for split in ("train", "val"):
@@ -133,6 +138,7 @@ def test_an_epoch_without_a_readable_image_stops_the_run(parse, tmp_path):
     assert not (tmp_path / "model" / "checkpoints").exists() or not os.listdir(tmp_path / "model" / "checkpoints")
 
 
+@pytest.mark.slow
 def test_a_corrupt_shard_is_named_and_the_run_so_far_kept(data_dir, model_dir, parse, tmp_path):
     data = shutil.copytree(data_dir, tmp_path / "data")
     shard = data / "train-00001-of-00003.tfrecord"
@@ -154,6 +160,7 @@ def test_a_corrupt_shard_is_named_and_the_run_so_far_kept(data_dir, model_dir, p
     ("--towers=1", "--towers=1 (it has 2)"),
     ("--num_classes=5", "--num_classes=5 (it has 4)"),
 ])
+@pytest.mark.slow
 def test_a_model_dir_of_another_variant_is_refused(data_dir, model_dir, parse, flag, message):
     before = contents(model_dir)
     flag_values = parse(f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=2", flag)
@@ -163,6 +170,7 @@ def test_a_model_dir_of_another_variant_is_refused(data_dir, model_dir, parse, f
     assert contents(model_dir) == before
 
 
+@pytest.mark.slow
 def test_the_model_variant_message_names_every_difference(data_dir, model_dir, parse):
     flag_values = parse(f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--towers=1", "--groups=1", "--lrn=false")
     with pytest.raises(errors.TrainingError) as error:
@@ -172,6 +180,7 @@ def test_the_model_variant_message_names_every_difference(data_dir, model_dir, p
                                 "give a new --model_dir")
 
 
+@pytest.mark.slow
 def test_a_pretrained_checkpoint_of_another_variant_is_named(finished_run, data_dir, parse, tmp_path):
     checkpoint = finished_run / "checkpoints" / "epoch_001.keras"
     flag_values = parse(f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'model'}", f"--pretrained={checkpoint}",
@@ -181,6 +190,7 @@ def test_a_pretrained_checkpoint_of_another_variant_is_named(finished_run, data_
         train.run(flag_values)
 
 
+@pytest.mark.slow
 def test_a_finished_run_run_again_keeps_its_results(model_dir, data_dir, parse):
     before = contents(model_dir)
     results = train.run(parse(f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=1"))
@@ -208,6 +218,7 @@ def truncate(path):
     lambda backup: (backup / "training_metadata.json").write_text(""),
     lambda backup: truncate(backup / "plateau.json"),
 ])
+@pytest.mark.slow
 def test_a_damaged_latest_backup_resumes_from_the_previous_one(two_epoch_run, data_dir, parse, tmp_path, capfd,
                                                                spoil):
     model_dir = shutil.copytree(two_epoch_run, tmp_path / "model")
@@ -220,6 +231,7 @@ def test_a_damaged_latest_backup_resumes_from_the_previous_one(two_epoch_run, da
     assert "Epoch 1/3" not in output and "Epoch 3/3" in output
 
 
+@pytest.mark.slow
 def test_no_readable_backup_is_one_line(two_epoch_run, data_dir, parse, tmp_path):
     model_dir = shutil.copytree(two_epoch_run, tmp_path / "model")
     for name in ("latest.weights.h5", "latest.weights.h5.bkp"):
@@ -236,6 +248,12 @@ def test_the_run_is_recorded_before_anything_can_be_resumed(data_dir, parse, tmp
     train.build(config)
     record = json.loads((model_dir / "run.json").read_text())
     assert record["variant"]["dropout"] == 0.5 and record["variant"]["lrn_k"] == 2.0
+    # Beside it, the whole resolved config: fc8's classes are the data set's (4), the seed and folders the command's.
+    written = json.loads((model_dir / "config.json").read_text())
+    assert written == json.loads(json.dumps(dataclasses.replace(config, architecture=dataclasses.replace(
+        config.architecture, num_classes=4)).to_json()))
+    assert (written["architecture"]["num_classes"], written["architecture"]["seed"], written["data"]["data_dir"],
+            written["optimizer"]["weight_decay"], written["schedule"]["patience_epochs"]) == (4, 1, data_dir, 5e-4, 5)
     (model_dir / "backup").mkdir()  # What the first epoch's end leaves, before anything else.
     with pytest.raises(errors.TrainingError) as error:
         train.build(train.config_from_flags(parse(f"--data_dir={data_dir}", f"--model_dir={model_dir}",
@@ -243,6 +261,7 @@ def test_the_run_is_recorded_before_anything_can_be_resumed(data_dir, parse, tmp
     assert "--dropout=0.1 (it has 0.5); --lrn_k=1.0 (it has 2.0)" in str(error.value)
 
 
+@pytest.mark.slow
 def test_resuming_with_another_learning_rate_says_it_is_ignored(model_dir, data_dir, parse, caplog):
     (model_dir / "results.json").unlink()
     with caplog.at_level("WARNING"):
@@ -252,6 +271,7 @@ def test_resuming_with_another_learning_rate_says_it_is_ignored(model_dir, data_
            "learning_rate=0.01." in caplog.text
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_keeps_the_earlier_epochs(model_dir, data_dir, parse, monkeypatch):
     from alexnet_tf import model_dir as model_dir_lib
 

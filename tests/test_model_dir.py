@@ -18,6 +18,7 @@ from tests.flag_parsing import flag_parser
 TINY = list(tiny_data.TINY_FLAGS)
 
 
+@pytest.mark.slow
 def test_a_run_on_ram_keeps_everything_there_and_prunes_checkpoints(data_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # Where a path mistaken for a local one would appear, as a folder "ram:".
     root = "ram://test_model_dir/run"
@@ -60,6 +61,7 @@ def test_checkpoints_sort_by_epoch_number_not_by_name(tmp_path):
         "epoch_001.keras", "epoch_009.keras", "epoch_010.keras", "epoch_100.keras"]
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_busy_model_dir_refuses_naming_the_first(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

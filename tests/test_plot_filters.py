@@ -57,6 +57,7 @@ def _run(args, module):
     return subprocess.run(command + args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_command_line_as_a_module(grouped, tmp_path):
     path, kernel = grouped
     out = tmp_path / "conv1.png"
@@ -74,6 +75,7 @@ def test_command_line_as_a_module(grouped, tmp_path):
         (["--checkpoint=CHECKPOINT", "--out=x.jpg"], "--out must name a .png file"),
     ],
 )
+@pytest.mark.slow
 def test_bad_flags_give_one_line_and_no_traceback(grouped, args, message):
     result = _run([a.replace("CHECKPOINT", grouped[0]) for a in args], module=False)
     assert result.returncode != 0

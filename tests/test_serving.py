@@ -106,6 +106,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_hostile_images_are_answered_or_refused_quickly_in_bounded_memory(export_dir, tmp_path):
     requests = tmp_path / "requests"
     requests.mkdir()
@@ -239,6 +240,7 @@ print(answer["labels"].numpy()[0, 0].decode())
 """
 
 
+@pytest.mark.slow
 def test_the_export_holds_nothing_xla_only_and_serves_without_the_jit(export_dir, tmp_path):
     assert xla_marked(export_dir) == []
     image = tmp_path / "cyan.png"
@@ -260,6 +262,7 @@ def docs_recipe() -> list[str]:
     return [line for line in match.group(1).splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_saved_model_cli_recipe_from_the_docs(export_dir, tmp_path):
     commands = docs_recipe()
     assert [c.split()[0] for c in commands] == ["python", "saved_model_cli"]

@@ -38,6 +38,7 @@ def two_epoch_run(data_dir, tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["one_device", "mirrored", "towers"])
 def test_run_trains_and_writes_results(two_epoch_run, strategy):
     model_dir, results = two_epoch_run(strategy)
@@ -59,6 +60,7 @@ def test_run_trains_and_writes_results(two_epoch_run, strategy):
     assert tf.saved_model.load(results["export_dir"]).signatures.keys() >= {"serving_default", "predict_images"}
 
 
+@pytest.mark.slow
 def test_tensorboard_scalars_of_a_run(two_epoch_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -77,6 +79,7 @@ def test_tensorboard_scalars_of_a_run(two_epoch_run):
     assert {"figures/predictions", "figures/neighbours"} <= set(runs["figures"]["tensors"])
 
 
+@pytest.mark.slow
 def test_the_demo_generates_prepares_and_trains_its_first_epoch(parse, tmp_path):
     flag_values = parse(f"--flagfile={os.path.join(REPO, 'flags', 'demo.cfg')}", "--epochs=1",
                         f"--data_dir={tmp_path / 'data'}", f"--model_dir={tmp_path / 'model'}")
@@ -130,6 +133,7 @@ def test_pretrained_npy_gives_a_new_fc8_and_freezes_convolutions(parse, data_dir
     assert not inner_layer(model, "conv2a").trainable and inner_layer(model, "fc6").trainable
 
 
+@pytest.mark.slow
 def test_fine_tuning_from_a_checkpoint_of_this_project(parse, data_dir, tmp_path):
     from alexnet_tf.model import build_alexnet
     from alexnet_tf.model.npy_weights import npy_weights
@@ -155,6 +159,7 @@ def command(data_dir, model_dir, *extra):
     (["--strategy=bogus"], "flag --strategy=bogus"),
     (["--data_dir=/no/such/dir"], "python tools/prepare_imagenet.py"),
 ])
+@pytest.mark.slow
 def test_bad_flags_give_one_line_and_no_traceback(tmp_path, args, message):
     process = subprocess.run(
         [sys.executable, "-m", "alexnet_tf.train", f"--model_dir={tmp_path}", f"--data_dir={tmp_path}", *args],
@@ -164,6 +169,7 @@ def test_bad_flags_give_one_line_and_no_traceback(tmp_path, args, message):
     assert "Traceback" not in process.stderr
 
 
+@pytest.mark.slow
 def test_missing_dataset_says_how_to_prepare_it(tmp_path):
     process = subprocess.run(command(tmp_path, tmp_path / "model"), cwd=REPO, capture_output=True,
                              text=True, timeout=120)
@@ -171,6 +177,7 @@ def test_missing_dataset_says_how_to_prepare_it(tmp_path):
     assert "prepare_imagenet.py" in process.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_where_it_stopped(data_dir, tmp_path):
     """SIGKILL after the second epoch's checkpoint; the same command finishes epochs 3 and 4 only."""
     model_dir = tmp_path / "model"

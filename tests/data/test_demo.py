@@ -157,6 +157,7 @@ def test_classes_differ_by_pattern_not_by_colour(tmp_path):
     assert colour < 0.2
 
 
+@pytest.mark.slow
 def test_ensure_demo_data_generates_and_prepares_once(tmp_path, monkeypatch):
     from alexnet_tf.data import prepare, sources
 

@@ -70,7 +70,7 @@ def test_stored_image_is_the_centre_square_of_the_rescaled_image():
 
 def test_truncated_file_raises_a_decode_error(raw):
     with open(raw[1]["truncated"], "rb") as f:
-        with pytest.raises(OSError):
+        with pytest.raises(OSError, match="image file is truncated"):  # Pillow's, which prepare reports per file.
             prepare.encode_stored_image(f.read(), STORED)
 
 
@@ -177,6 +177,7 @@ def _run_tool(*args):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_tool_prepares_and_rejects_bad_flags(raw, tmp_path):
     root, _ = raw
     result = _run_tool(f"--input_dir={root}", f"--output_dir={tmp_path}", f"--stored_size={STORED}")

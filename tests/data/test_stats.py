@@ -67,6 +67,7 @@ def test_save_and_load_on_ram_filesystem():
     np.testing.assert_array_equal(stats.load_stats("ram://stats_test/stats.npz").mean_image, custom.mean_image)
 
 
+@pytest.mark.slow
 def test_compute_stats_tool_writes_the_file_the_pipeline_reads(tmp_path):
     raw, prepared = str(tmp_path / "raw"), str(tmp_path / "prepared")
     imagenet_like.write_ilsvrc(raw)

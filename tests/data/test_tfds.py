@@ -65,6 +65,7 @@ def _run(env_dir: str, *args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_prepare_from_tfds_imagenet2012_tars_offline(tmp_path):
     tfds_dir, manual, out = str(tmp_path / "tfds"), str(tmp_path / "manual"), str(tmp_path / "out")
     # No tars yet: one line naming where they must go, and no partial output folder.

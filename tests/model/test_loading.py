@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from alexnet_tf import errors
-from alexnet_tf.model import loading
+from alexnet_tf.model import loading, presets
 from alexnet_tf.model.architecture import AlexNetConfig
 from alexnet_tf.model import AlexNet, build_alexnet, inner_layer
 from alexnet_tf.model.npy_weights import npy_weights, save_npy_weights
@@ -138,6 +138,21 @@ def test_averaged_probabilities_average_softmax_over_models_and_crops():
     probabilities = loading.averaged_probabilities(models, crops).numpy()
     assert probabilities.shape == (4, 2)
     np.testing.assert_allclose(probabilities, [[0.625, 0.375]] * 4, rtol=1e-6)
+
+
+def test_a_npy_file_without_an_architecture_is_read_as_caffes_network(tmp_path):
+    """The bvlc_alexnet layout holds Caffe's weights: unless told otherwise, a .npy file is that network."""
+    bvlc = presets.get(presets.BVLC_ALEXNET).architecture
+    caffe = build_alexnet(config=dataclasses.replace(bvlc, width=0.0625, num_classes=7, seed=3))
+    save_npy_weights(caffe, str(tmp_path / "w.npy"))
+    with pytest.raises(errors.ModelFileError, match="conv1"):  # Full width by default: the narrow file does not fit.
+        loading.load_model(str(tmp_path / "w.npy"))
+    loaded = loading.load_model(str(tmp_path / "w.npy"), dataclasses.replace(bvlc, width=0.0625))
+    assert loaded.config == dataclasses.replace(bvlc, width=0.0625, num_classes=7)
+    assert (loaded.config.towers, loaded.config.image_size, loaded.config.lrn_k, loaded.config.lrn_alpha) == \
+        (1, 227, 1.0, 2e-5)
+    x = np.random.default_rng(0).normal(0, 50, (1, 227, 227, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded(x, training=False), caffe(x, training=False), rtol=1e-5, atol=1e-5)
 
 
 if __name__ == "__main__":

@@ -140,6 +140,7 @@ def object_npy(payload: bytes) -> bytes:
     return header.getvalue() + payload
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["top level", "inside a layer"])
 def test_a_pickle_that_calls_code_is_refused_and_never_run(tmp_path, where):
     marker = tmp_path / "pwned"

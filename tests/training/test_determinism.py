@@ -30,6 +30,7 @@ def run(data_dir, tmp_path):
     tf_config.disable_op_determinism()
 
 
+@pytest.mark.slow
 def test_two_deterministic_runs_end_with_identical_weights(run):
     first = run("--deterministic", "--seed=3")
     assert tf_config.is_op_determinism_enabled()

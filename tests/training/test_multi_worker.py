@@ -99,6 +99,7 @@ def test_a_good_tf_config_is_returned_as_is():
     assert multi_worker.read_tf_config({"TF_CONFIG": json.dumps(config)}) == config
 
 
+@pytest.mark.slow
 def test_malformed_tf_config_gives_one_line_and_exits_before_training(tmp_path):
     env = dict(os.environ, TF_CONFIG='{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 1}}')
     process = subprocess.run([sys.executable, "-m", "alexnet_tf.train", *TINY, "--strategy=multi_worker",
@@ -112,6 +113,7 @@ def test_malformed_tf_config_gives_one_line_and_exits_before_training(tmp_path):
 
 # Clusters of two worker processes on this machine.
 
+@pytest.mark.slow
 def test_two_workers_train_in_lockstep_to_identical_weights(data_dir, tmp_path):
     model_dir = tmp_path / "model"
     _, processes, logs = start_cluster(tmp_path, "run", f"--data_dir={data_dir}", f"--model_dir={model_dir}",
@@ -129,6 +131,7 @@ def test_two_workers_train_in_lockstep_to_identical_weights(data_dir, tmp_path):
     assert_same_weights(results["checkpoint"], model_dir / "workers" / "worker_1" / "model.keras")
 
 
+@pytest.mark.slow
 def test_a_killed_worker_and_the_cluster_resume_from_the_last_backup(data_dir, tmp_path):
     """SIGKILL the chief during epoch 2 of 4: the other worker stops with exit status 75 (the chief is gone),
     both are started again with their commands and finish epochs 2 to 4 with the schedule they had."""
@@ -163,6 +166,7 @@ def test_a_killed_worker_and_the_cluster_resume_from_the_last_backup(data_dir, t
     assert_same_weights(results["checkpoint"], model_dir / "workers" / "worker_1" / "model.keras")
 
 
+@pytest.mark.slow
 def test_an_unreachable_peer_is_a_timeout_with_one_line(data_dir, tmp_path):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}  # Worker 1 never starts.
     log = tmp_path / "worker0.log"
