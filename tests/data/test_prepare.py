@@ -70,7 +70,7 @@ def test_stored_image_is_the_centre_square_of_the_rescaled_image():
 
 def test_truncated_file_raises_a_decode_error(raw):
     with open(raw[1]["truncated"], "rb") as f:
-        with pytest.raises(OSError, match="image file is truncated"):  # Pillow's, which prepare reports per file.
+        with pytest.raises(OSError, match="(?i)truncated"):  # Pillow's, which prepare reports per file.
             prepare.encode_stored_image(f.read(), STORED)
 
 
