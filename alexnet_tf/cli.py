@@ -6,13 +6,16 @@ typed config it fills (`AlexNetConfig`, `DataConfig`, ...), where the paper's va
 flags become those configs once, in the binary (`architecture_from_flags`, `data_config`); library code never sees
 absl.
 
-A binary defines only its own flags: `train --ten_crop` is an error, not a silently ignored option. Tests give
-each binary a fresh `flags.FlagValues()`, so the three can be parsed in one process.
+A binary defines only its own flags: `train --ten_crop` is an error, not a silently ignored option. A recipe (a
+flagfile such as flags/paper.cfg) describes a whole run, so it may hold flags of any binary: each binary keeps the
+ones it defines and names the others it leaves (`expand_recipes`). Tests give each binary a fresh
+`flags.FlagValues()`, so the three can be parsed in one process.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import sys
 from typing import Any, Callable
 
@@ -26,6 +29,8 @@ from alexnet_tf.data.pipeline import CHANNEL_ORDERS, MEAN_MODES, DataConfig
 from alexnet_tf.data.sources import TFDS_PREFIX
 
 DTYPE_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+# The binaries (alexnet_tf.<name>) whose flags a recipe may hold.
+BINARIES = ("train", "evaluate", "export")
 MODEL_FLAGS = ("towers", "groups", "width", "image_size", "num_classes", "lrn", "lrn_k", "lrn_alpha",
                "lrn_beta", "lrn_depth", "pooling", "activation", "dropout", "init", "input_scale",
                "conv1_init_gain")
@@ -219,12 +224,78 @@ def run_main(program: str, run: Callable[[], Any], argv: list[str], on_error: Ca
         sys.exit(error.exit_code)
 
 
-def quiet_main(main: Callable[[list[str]], None]) -> None:
+def quiet_main(main: Callable[[list[str]], None], program: str | None = None) -> None:
     """`app.run(main)` with TensorFlow's C++ noise filtered from the start, flag parsing included (the CUDA
     probe's failure on a machine without a GPU was seen printed before `main` ran): every binary's and tool's
-    entry point."""
+    entry point. A binary gives its `program` name: its recipes are then read by `expand_recipes`."""
     quiet.quiet_binary()
-    app.run(main)
+    if program is None:
+        app.run(main)
+        return
+
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            argv = expand_recipes(program, argv, flags.FLAGS)
+        except flags.Error:
+            pass  # A flagfile that cannot be read: absl's own parse below reads it again and says so.
+        return app.parse_flags_with_usage(argv)
+
+    app.run(main, flags_parser=parse)
+
+
+def recipe_flag_names() -> frozenset[str]:
+    """Every flag that a binary of the project defines: what a recipe may hold."""
+    names: set[str] = set()
+    for binary in BINARIES:
+        # Imported here, not at the top of this module: the binaries import it.
+        module = importlib.import_module(f"alexnet_tf.{binary}")
+        scratch = flags.FlagValues()
+        module.define_flags(scratch)
+        names.update(scratch)
+    return frozenset(names)
+
+
+def expand_recipes(program: str, argv: list[str], fv: flags.FlagValues) -> list[str]:
+    """`argv` with every --flagfile typed on the command line replaced by the flags it holds that `fv` defines.
+
+    A recipe's flags of another binary (flags/paper.cfg's --strategy, for `evaluate`) are left out, and one line on
+    stderr names them. A flag typed on the command line is never left out, and neither is a recipe's flag that no
+    binary defines (a misspelling): absl refuses both, naming them. Nested flagfiles are read by absl.
+    """
+    expanded, left_out = [argv[0]], {}
+    known = None
+    args = list(argv[1:])
+    while args:
+        arg = args.pop(0)
+        if arg in ("--flagfile", "-flagfile") and args:
+            arg = f"--flagfile={args.pop(0)}"
+        if not arg.startswith(("--flagfile=", "-flagfile=")):
+            expanded.append(arg)
+            continue
+        path = arg.split("=", 1)[1]
+        for line in fv.read_flags_from_files([arg], force_gnu=False):
+            name = _flag_name(line, fv)
+            if name is None or name in fv:
+                expanded.append(line)
+                continue
+            known = known if known is not None else recipe_flag_names()
+            if name in known:
+                left_out.setdefault(path, []).append(f"--{name}")
+            else:
+                expanded.append(line)  # No binary's flag: absl names it.
+    for path, names in left_out.items():
+        print(f"{program}: {path}: leaving out the flags of other binaries: {', '.join(names)}", file=sys.stderr)
+    return expanded
+
+
+def _flag_name(arg: str, fv: flags.FlagValues) -> str | None:
+    """The name of the flag an argument sets (`--name=value`, `--name`, `--noname`), or None for no flag."""
+    if not arg.startswith("-"):
+        return None
+    name = arg.lstrip("-").split("=", 1)[0]
+    if name.startswith("no") and name not in fv and "=" not in arg:
+        return name[2:]
+    return name
 
 
 def _is_number(text: str) -> bool:

@@ -348,4 +348,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    cli.quiet_main(main)
+    cli.quiet_main(main, "train")
