@@ -174,14 +174,17 @@ def explicit_model_flags(fv: flags.FlagValues) -> dict[str, Any]:
     return {name: fv[name].value for name in MODEL_FLAGS if fv[name].present}
 
 
-def check_against_checkpoint(fv: flags.FlagValues, path: str, architecture: AlexNetConfig) -> None:
-    """Refuses model flags (and a --preset) that contradict a .keras checkpoint, which carries its own architecture.
-    A preset's number of classes is not compared: a fine-tuned checkpoint has its own fc8."""
+def check_against_checkpoint(fv: flags.FlagValues, path: str, architecture: AlexNetConfig,
+                             may_differ: tuple[str, ...] = ()) -> None:
+    """Refuses model flags (and a --preset) that contradict a .keras checkpoint, which carries its own architecture,
+    but those named in `may_differ`. A preset's number of classes is not compared: a fine-tuned checkpoint has its
+    own fc8."""
     asked = {}
     if fv.preset:
         asked = {k: v for k, v in dataclasses.asdict(presets.get(fv.preset).architecture).items()
                  if k not in ("num_classes", "seed")}
     asked.update(explicit_model_flags(fv))
+    asked = {name: value for name, value in asked.items() if name not in may_differ}
     recorded = dataclasses.asdict(architecture)
     conflicts = [f"--{name}={value} (it has {recorded[name]})" for name, value in asked.items()
                  if recorded.get(name) != value]

@@ -32,8 +32,9 @@ NOISE = (
     "To enable the following instructions:",
     "failed call to cuInit",
 )
-# A C++ INFO line of TensorFlow or XLA: "I0000 00:00:1796163756.806447   24605 service.cc:153] ...".
-_CPP_INFO = re.compile(rb"^I\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w./-]+:\d+\]")
+# A C++ INFO line of TensorFlow or XLA: "I0000 00:00:1796163756.806447   24605 service.cc:153] ...". absl's Python
+# INFO lines have the same form but name a .py file: they are the project's own messages, and pass.
+_CPP_INFO = re.compile(rb"^I\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w./-]+\.(cc|h|cpp):\d+\]")
 _CPP_PREFIX = re.compile(rb"^[IWEF]\d{0,4}( |$)")
 
 

@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import flags, logging
 
@@ -26,8 +27,8 @@ from alexnet_tf import model_dir as model_dir_lib
 from alexnet_tf.data import demo, records, sources
 from alexnet_tf.data import pipeline
 from alexnet_tf.metrics import TOP_K, TopKError
-from alexnet_tf.model import alexnet, loading, npy_weights
-from alexnet_tf.model.architecture import AlexNetConfig
+from alexnet_tf.model import alexnet, loading, npy_weights, presets
+from alexnet_tf.model.architecture import TOWER_CHANNELS, AlexNetConfig
 from alexnet_tf.training import callbacks as callbacks_lib
 from alexnet_tf.training import distribute, multi_worker, results as results_lib, run_guard
 from alexnet_tf.training.config import BATCH_SIZE, EPOCHS, TrainConfig
@@ -83,8 +84,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                          "MODEL_DIR/checkpoints.", lower_bound=1, flag_values=fv)
     flags.DEFINE_boolean("demo", False, "Generate the offline demo data set in --data_dir if it is not there.",
                          flag_values=fv)
-    flags.DEFINE_string("pretrained", None, "Start from a bvlc_alexnet-layout .npy file or a .keras "
-                        "checkpoint; fc8 is new when --num_classes differs.", flag_values=fv)
+    flags.DEFINE_string("pretrained", None, "Fine-tune from a .keras checkpoint (the network it describes: model "
+                        "flags that contradict it are refused) or a bvlc_alexnet-layout .npy file (the bvlc_alexnet "
+                        "preset and its input, unless --preset says otherwise); fc8 is new when the number of "
+                        "classes differs.", flag_values=fv)
     flags.DEFINE_boolean("freeze_conv", False, "With --pretrained, train only the fully connected layers.",
                          flag_values=fv)
     flags.DEFINE_string("export_dir", None, "Where the SavedModel goes; default MODEL_DIR/export.", flag_values=fv)
@@ -95,9 +98,15 @@ def config_from_flags(fv: flags.FlagValues) -> TrainConfig:
     """The flags as a TrainConfig; raises errors.ConfigError for settings that cannot work together."""
     if fv.model_dir is None:
         raise errors.ConfigError("--model_dir is required")
+    default_preset = presets.PAPER
+    if fv.pretrained and fv.pretrained.endswith(loading.CHECKPOINT_SUFFIX):
+        architecture = pretrained_architecture(fv)
+    else:  # A .npy file holds Caffe's bvlc_alexnet unless --preset (a recipe) says otherwise: its input too.
+        default_preset = presets.BVLC_ALEXNET if fv.pretrained else presets.PAPER
+        architecture = cli.architecture_from_flags(fv, default_preset, seed=fv.seed)
     return TrainConfig(
-        architecture=cli.architecture_from_flags(fv, seed=fv.seed),
-        data=cli.data_config(fv),
+        architecture=architecture,
+        data=cli.data_config(fv, default_preset),
         optimizer=OptimizerConfig(fv.learning_rate, fv.momentum, fv.weight_decay),
         schedule=ScheduleConfig(fv.lr_patience_epochs, fv.lr_min_delta, fv.lr_max_reductions),
         model_dir=fv.model_dir, epochs=fv.epochs, batch_size=fv.batch_size, steps_per_epoch=fv.steps_per_epoch,
@@ -105,6 +114,14 @@ def config_from_flags(fv: flags.FlagValues) -> TrainConfig:
         dtype_policy=fv.dtype_policy, xla=fv.xla, seed=fv.seed, deterministic=fv.deterministic,
         keep_checkpoints=fv.keep_checkpoints, demo=fv.demo, pretrained=fv.pretrained, freeze_conv=fv.freeze_conv,
         export_dir=fv.export_dir, classes_from_data=fv.num_classes is None)
+
+
+def pretrained_architecture(fv: flags.FlagValues) -> AlexNetConfig:
+    """The architecture of a --pretrained .keras checkpoint, which fine-tuning keeps: a model flag that contradicts
+    it is a ConfigError naming both values; only --num_classes (a new fc8) may differ. Read without building it."""
+    architecture = loading.checkpoint_architecture(fv.pretrained)
+    cli.check_against_checkpoint(fv, fv.pretrained, architecture, may_differ=("num_classes",))
+    return dataclasses.replace(architecture, num_classes=fv.num_classes or architecture.num_classes, seed=fv.seed)
 
 
 @dataclasses.dataclass
@@ -146,6 +163,8 @@ def create_model(config: TrainConfig, architecture: AlexNetConfig) -> keras.Mode
     if config.freeze_conv:
         for layer in alexnet.conv_layers(model):
             layer.trainable = False
+        logging.info("--freeze_conv: conv1 to conv5 are frozen; fc6, fc7 and fc8 train (%s of %s parameters).",
+                     f"{sum(int(np.prod(v.shape)) for v in model.trainable_variables):,}", f"{model.count_params():,}")
     return model
 
 
@@ -155,12 +174,15 @@ def load_pretrained(model: keras.Model, path: str) -> None:
         else npy_weights.read_npy(path)
     fc8 = tuple(alexnet.inner_layer(model, "fc8").kernel.shape)
     skip = () if tuple(weights["fc8"][0].shape) == fc8 else ("fc8",)
-    if skip:
-        logging.info("fc8 is new: %s classes instead of the file's %d.", fc8[-1], weights["fc8"][0].shape[-1])
     try:
         npy_weights.load_npy_weights(model, weights, skip=skip)
     except errors.ModelFileError as error:  # It names the layer and both shapes.
-        raise errors.ModelFileError(f"--pretrained={path} is another model variant: {error}") from None
+        width = weights["conv1"][0].shape[-1] / (2 * TOWER_CHANNELS["conv1"])
+        raise errors.ModelFileError(f"--pretrained={path} is another model variant: {error} (its conv1 has "
+                                    f"{weights['conv1'][0].shape[-1]} filters: --width={width:g})") from None
+    loaded = [name for name in npy_weights.LAYERS if name not in skip]
+    logging.info("Fine-tuning from %s: %s loaded%s.", path, ", ".join(loaded),
+                 f"; fc8 is new ({fc8[-1]} classes; the file's has {weights['fc8'][0].shape[-1]})" if skip else "")
 
 
 def compile_model(model: keras.Model, config: TrainConfig) -> None:

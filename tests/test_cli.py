@@ -121,6 +121,7 @@ quiet.quiet_binary()
 os.write(2, b"I0000 00:00:1796163756.806447   24605 service.cc:153] XLA service initialized\\n")
 os.write(2, b"W0000 00:00:1796163756.806447   24605 foo.cc:1] a warning\\n")
 os.write(2, b"progress 1/3\\rprogress 2/3\\r")
+os.write(2, b"I1203 12:57:08.222707 140604349160320 train.py:298] Training alexnet (1,234 parameters)\\n")
 print("Python's own line", file=sys.stderr)
 os.write(2, b"E0000 00:00:1.0 1 cuda_platform.cc:52] failed call to cuInit: INTERNAL\\n")
 """
@@ -130,6 +131,7 @@ os.write(2, b"E0000 00:00:1.0 1 cuda_platform.cc:52] failed call to cuInit: INTE
     # A progress bar's carriage returns pass as they are, without waiting for a newline.
     assert b"a warning" in process.stderr and b"progress 1/3\rprogress 2/3\r" in process.stderr
     assert b"Python's own line" in process.stderr
+    assert b"train.py:298] Training alexnet" in process.stderr  # absl's Python INFO lines are the project's own.
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import tensorflow as tf
 from absl import flags
 
 from alexnet_tf import cli, errors, train
+from alexnet_tf.model import build_alexnet, loading
 from alexnet_tf.training import distribute
 from tests import tiny_data
 from tests.flag_parsing import flag_parser
@@ -180,14 +181,21 @@ def test_the_model_variant_message_names_every_difference(data_dir, model_dir, p
                                 "give a new --model_dir")
 
 
-@pytest.mark.slow
-def test_a_pretrained_checkpoint_of_another_variant_is_named(finished_run, data_dir, parse, tmp_path):
-    checkpoint = finished_run / "checkpoints" / "epoch_001.keras"
-    flag_values = parse(f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'model'}", f"--pretrained={checkpoint}",
-                        "--width=0.125")
-    with pytest.raises(errors.ModelFileError, match=rf"^--pretrained={checkpoint} is another model variant: layer "
-                       r"conv1: the weights have shape \(11, 11, 3, 6\), the model expects \(11, 11, 3, 12\)$"):
-        train.run(flag_values)
+def test_a_pretrained_checkpoint_is_its_own_architecture_and_a_contradicting_flag_names_both(parse, tmp_path):
+    checkpoint = tmp_path / "epoch_030.keras"
+    build_alexnet(num_classes=10, width=0.0625, image_size=67, init="he", input_scale=0.25, conv1_init_gain=0.5,
+                  lrn_k=1.0, seed=3).save(checkpoint)
+    # Read from the checkpoint, not the flags' defaults: fine-tuning keeps its input scale and initialization.
+    config = train.config_from_flags(parse(f"--model_dir={tmp_path / 'model'}", f"--pretrained={checkpoint}",
+                                           "--image_size=67", "--num_classes=5", "--seed=9"))
+    assert dataclasses.asdict(config.architecture) == {
+        **dataclasses.asdict(loading.checkpoint_architecture(str(checkpoint))), "num_classes": 5, "seed": 9}
+    assert (config.architecture.width, config.architecture.input_scale, config.architecture.lrn_k) == \
+        (0.0625, 0.25, 1.0)
+    with pytest.raises(errors.ConfigError, match=re.escape(
+            f"{checkpoint} is another architecture than the flags say: --width=0.125 (it has 0.0625)")):
+        train.config_from_flags(parse(f"--model_dir={tmp_path / 'model'}", f"--pretrained={checkpoint}",
+                                      "--width=0.125", "--image_size=67"))
 
 
 @pytest.mark.slow

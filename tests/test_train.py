@@ -123,9 +123,16 @@ def test_pretrained_npy_gives_a_new_fc8_and_freezes_convolutions(parse, data_dir
 
     source = build_alexnet(num_classes=10, image_size=64, width=0.0625, seed=5)
     save_npy_weights(source, tmp_path / "source.npy")
-    flag_values = parse(*TINY, f"--data_dir={data_dir}", f"--model_dir={tmp_path}",
-                        f"--pretrained={tmp_path / 'source.npy'}", "--freeze_conv")
-    model = train.build(train.config_from_flags(flag_values)).model
+    npy = f"--pretrained={tmp_path / 'source.npy'}"
+    # Unnamed, a .npy file is Caffe's network and input: one grouped stream, LRN k=1, BGR minus the mean pixel.
+    caffe = train.config_from_flags(parse(*TINY, f"--data_dir={data_dir}", f"--model_dir={tmp_path}", npy))
+    assert (caffe.architecture.towers, caffe.architecture.lrn_k, caffe.architecture.image_size) == (1, 1.0, 64)
+    assert (caffe.data.channel_order, caffe.data.mean, caffe.data.mean_rgb) == ("BGR", "channel", (123, 117, 104))
+    flag_values = parse(*TINY, f"--data_dir={data_dir}", f"--model_dir={tmp_path}", npy, "--preset=paper",
+                        "--freeze_conv")
+    config = train.config_from_flags(flag_values)
+    assert (config.architecture.towers, config.data.channel_order) == (2, "RGB")
+    model = train.build(config).model
     loaded, expected = npy_weights(model), npy_weights(source)
     for name in ("conv1", "conv3", "fc7"):
         np.testing.assert_array_equal(loaded[name][0], expected[name][0])

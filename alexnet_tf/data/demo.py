@@ -67,6 +67,7 @@ def generate(
     val_per_class: int = DEFAULT_VAL_PER_CLASS,
     size: int = DEFAULT_SIZE,
     seed: int = 0,
+    first_class: int = 0,
 ) -> None:
     """Writes the demo data set under `root` (see the module docstring for the layout).
 
@@ -75,13 +76,15 @@ def generate(
 
     Args:
       root: output folder; must not exist, or be empty.
-      num_classes: number of classes, the first ones of `CLASS_NAMES`, in [2, len(CLASS_NAMES)].
+      num_classes: number of classes, those of `CLASS_NAMES` from `first_class` on, at least 2.
       train_per_class, val_per_class: images per class in each split, >= 1.
       size: image side in pixels, >= 16.
       seed: a non-negative integer; the data are a function of the seed and the other arguments.
+      first_class: the index in `CLASS_NAMES` of the first class (`TRANSFER_CLASSES[0]` for the second task).
     """
-    if not 2 <= num_classes <= len(CLASS_NAMES):
-        raise ConfigError(f"num_classes must be in [2, {len(CLASS_NAMES)}], got {num_classes}")
+    if not (0 <= first_class and 2 <= num_classes <= len(CLASS_NAMES) - first_class):
+        raise ConfigError(f"num_classes must be in [2, {len(CLASS_NAMES) - first_class}] from class {first_class}, "
+                          f"got {num_classes}")
     if train_per_class < 1 or val_per_class < 1:
         raise ConfigError(f"images per class must be >= 1, got {train_per_class} and {val_per_class}")
     if size < 16:
@@ -92,7 +95,7 @@ def generate(
     shutil.rmtree(staging, ignore_errors=True)  # Left over by an interrupted generation.
     counts = {"train": train_per_class, "val": val_per_class}
     for split_index, split in enumerate(_SPLITS):
-        for class_index in range(num_classes):
+        for class_index in range(first_class, first_class + num_classes):
             folder = os.path.join(staging, split, wnid(class_index))
             os.makedirs(folder)
             for i in range(counts[split]):
@@ -101,7 +104,7 @@ def generate(
                 path = os.path.join(folder, f"{wnid(class_index)}_{i}.JPEG")
                 Image.fromarray(image).save(path, format="JPEG", quality=JPEG_QUALITY)
     with open(os.path.join(staging, NAMES_FILE), "w") as f:
-        f.writelines(f"{wnid(c)} {CLASS_NAMES[c]}\n" for c in range(num_classes))
+        f.writelines(f"{wnid(c)} {CLASS_NAMES[c]}\n" for c in range(first_class, first_class + num_classes))
     if os.path.isdir(root):
         os.rmdir(root)  # Empty (checked above); rename() cannot replace a folder on every platform.
     os.rename(staging, root)
@@ -254,6 +257,34 @@ def _cross(rng, x, y, pixel):
     return _soft_step(np.maximum(bar_along, bar_across), pixel)
 
 
+def _triangle(rng, x, y, pixel):
+    """A filled upright triangle: point up, base down (a mirror of it is one too)."""
+    along, across = _rotated(x - rng.uniform(-0.25, 0.25), y - rng.uniform(-0.25, 0.25), _jittered(0.0, rng))
+    height = rng.uniform(0.6, 1.2)
+    # Inside when below the apex's two sides and above the base: y runs down.
+    base, apex = height / 2, -height / 2
+    half_width_at = (across - apex) * rng.uniform(0.5, 0.7)
+    return _soft_step(np.minimum(base - across, half_width_at - np.abs(along)), pixel)
+
+
+def _plaid(rng, x, y, pixel):
+    """Both diagonal gratings at once: a lattice of diamonds."""
+    angle, period = _jittered(45.0, rng), rng.uniform(0.2, 0.4)
+    phases = rng.uniform(0, 2 * np.pi, 2)
+    first, _ = _rotated(x, y, angle)
+    second, _ = _rotated(x, y, np.pi - angle)
+    total = np.sin(2 * np.pi * first / period + phases[0]) + np.sin(2 * np.pi * second / period + phases[1])
+    return _soft_sign(total / 2, rng.uniform(1.0, 4.0))
+
+
+def _square_outline(rng, x, y, pixel):
+    """The outline of a square, a few pixels thick."""
+    along, across = _rotated(x - rng.uniform(-0.2, 0.2), y - rng.uniform(-0.2, 0.2), _jittered(0.0, rng))
+    half_side, thickness = rng.uniform(0.3, 0.7), pixel * rng.uniform(2.0, 4.0)
+    distance = np.abs(np.maximum(np.abs(along), np.abs(across)) - half_side)
+    return _soft_step(thickness / 2 - distance, pixel)
+
+
 _CLASSES: tuple[tuple[str, _Drawer], ...] = (
     ("vertical grating", _grating(0.0)),
     ("horizontal grating", _grating(90.0)),
@@ -265,12 +296,18 @@ _CLASSES: tuple[tuple[str, _Drawer], ...] = (
     ("cross", _cross),
     ("zigzag", _zigzag),
     ("radial spokes", _spokes),
-    # Last, so that the demo's 10 classes leave them out: dots teach conv1 centre-surround filters, which no
-    # Gabor fits, where photographs teach mostly oriented edges (flags/demo.cfg).
+    # After the demo's 10, so that the demo leaves them out: dots teach conv1 centre-surround filters, which no
+    # Gabor fits, where photographs teach mostly oriented edges (docs/benchmarks.md, "The demo").
     ("random dots", _random_dots),
     ("polka dots", _polka_dots),
+    # With the dots, TRANSFER_CLASSES: a second task of classes the demo never saw, to fine-tune its network on.
+    ("triangle", _triangle),
+    ("plaid", _plaid),
+    ("square outline", _square_outline),
 )
 CLASS_NAMES: tuple[str, ...] = tuple(name for name, _ in _CLASSES)
+# The second task's classes (indices into CLASS_NAMES): none of them is among the demo's DEFAULT_NUM_CLASSES.
+TRANSFER_CLASSES = tuple(range(DEFAULT_NUM_CLASSES, len(CLASS_NAMES)))
 _DRAWERS: tuple[_Drawer, ...] = tuple(drawer for _, drawer in _CLASSES)
 
 

@@ -42,6 +42,16 @@ def test_layout_counts_and_names(tmp_path):
     assert not (tmp_path / "demo.partial").exists()
 
 
+def test_the_transfer_task_holds_only_classes_the_demo_never_saw(tmp_path):
+    assert set(demo.TRANSFER_CLASSES).isdisjoint(range(demo.DEFAULT_NUM_CLASSES))
+    root = tmp_path / "transfer"
+    demo.generate(str(root), **{**SMALL, "num_classes": len(demo.TRANSFER_CLASSES),
+                                "first_class": demo.TRANSFER_CLASSES[0]})
+    assert sorted(os.listdir(root / "train")) == [demo.wnid(c) for c in demo.TRANSFER_CLASSES]
+    assert [line.split(" ", 1)[1] for line in (root / "synset_words.txt").read_text().splitlines()] == [
+        "random dots", "polka dots", "triangle", "plaid", "square outline"]
+
+
 def test_images_are_rgb_jpegs_of_the_requested_size(tmp_path):
     demo.generate(str(tmp_path / "demo"), **SMALL)
     paths = [p for p in _files(tmp_path / "demo") if p.endswith(".JPEG")]
@@ -80,8 +90,9 @@ def test_existing_non_empty_root_is_refused_but_empty_root_is_filled(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"num_classes": 1}, r"num_classes must be in \[2, 12\], got 1"),
-    ({"num_classes": 13}, r"num_classes must be in \[2, 12\], got 13"),
+    ({"num_classes": 1}, r"num_classes must be in \[2, 15\] from class 0, got 1"),
+    ({"num_classes": 16}, r"num_classes must be in \[2, 15\] from class 0, got 16"),
+    ({"num_classes": 6, "first_class": 10}, r"num_classes must be in \[2, 5\] from class 10, got 6"),
     ({"train_per_class": 0}, "images per class must be >= 1, got 0 and"),
     ({"val_per_class": 0}, "images per class must be >= 1, got .* and 0"),
     ({"size": 8}, "size must be >= 16 pixels, got 8"),
