@@ -13,8 +13,8 @@ import tensorflow as tf
 from numpy.lib import format as npy_format
 
 from alexnet_tf import errors
-from alexnet_tf.model import build_alexnet, inner_layer
-from alexnet_tf.model.npy_weights import load_npy_weights, read_npy, save_npy_weights
+from alexnet_tf.model import build_alexnet, inner_layer, loading
+from alexnet_tf.model.npy_weights import load_npy_weights, npy_weights, read_npy, save_npy_weights
 
 SMALL = dict(width=0.125, image_size=67, num_classes=10)
 VARIANTS = {"two_tower": dict(towers=2), "grouped": dict(towers=1, groups=2),
@@ -211,6 +211,32 @@ def test_files_not_in_the_layout_give_one_line_naming_the_file(tmp_path, make, m
         read_npy(path)
     text = str(raised.value)
     assert text.startswith(str(path)) and "\n" not in text
+
+
+# The shapes of the published bvlc_alexnet.npy (Caffe's bvlc_alexnet converted to numpy): conv2, conv4 and conv5
+# read half of their inputs (group: 2), fc6 reads pool5's 6 x 6 x 256 values.
+PUBLISHED_SHAPES = {"conv1": (11, 11, 3, 96), "conv2": (5, 5, 48, 256), "conv3": (3, 3, 256, 384),
+                    "conv4": (3, 3, 192, 384), "conv5": (3, 3, 192, 256), "fc6": (9216, 4096),
+                    "fc7": (4096, 4096), "fc8": (4096, 1000)}
+
+
+@pytest.mark.slow
+def test_a_file_of_the_published_layout_and_size_loads_as_caffes_network(tmp_path):
+    """As the published file was written: a Python 2 (protocol 2) pickle of {layer: [W, b]}, 61 million floats."""
+    rng = np.random.default_rng(0)
+    weights = {name: [rng.standard_normal(shape, np.float32), rng.standard_normal(shape[-1:], np.float32)]
+               for name, shape in PUBLISHED_SHAPES.items()}
+    payload = pickle.dumps(np.array(weights, dtype=object), protocol=2)
+    path = tmp_path / "bvlc_alexnet.npy"
+    path.write_bytes(object_npy(payload.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")))
+    model = loading.load_model(str(path))  # No architecture given: the bvlc_alexnet preset.
+    config = model.config
+    assert (config.towers, config.groups, config.image_size, config.lrn_k, config.num_classes) == \
+        (1, 2, 227, 1.0, 1000)
+    assert model.count_params() == 60_965_224
+    loaded = npy_weights(model)
+    for name in ("conv2", "fc6", "fc8"):
+        np.testing.assert_array_equal(loaded[name][0], weights[name][0])
 
 
 if __name__ == "__main__":
