@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import keras
 import pytest
@@ -15,6 +16,7 @@ from alexnet_tf.training import run_guard
 from tests import tiny_data
 from tests.flag_parsing import flag_parser
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = list(tiny_data.TINY_FLAGS)
 
 
@@ -87,6 +89,50 @@ def test_a_lock_of_another_host_is_not_taken_over(tmp_path):
     with pytest.raises(errors.TrainingError, match="process 1 on elsewhere"):
         run_guard.RunLock(str(tmp_path)).acquire()
 
+
+
+_CONTENDER = """
+import os, sys, time
+from alexnet_tf import errors
+from alexnet_tf.training import run_guard
+model_dir, name = sys.argv[1:]
+open(os.path.join(model_dir, "ready-" + name), "w").close()
+while not os.path.exists(os.path.join(model_dir, "go")):  # Every contender tries at the same moment.
+    time.sleep(0.001)
+lock = run_guard.RunLock(model_dir)
+try:
+    lock.acquire()
+except errors.TrainingError:
+    print("refused")
+    sys.exit(0)
+print("held")
+time.sleep(1.0)  # Holds it while the others try.
+lock.release()
+"""
+
+
+@pytest.mark.slow
+def test_contenders_for_a_stale_lock_at_the_same_moment_hold_it_one_at_a_time(tmp_path):
+    """A lock left by a dead process, taken over by several runs started together: at most one holds it at a
+    time, none fails with a traceback (the old takeover, remove then create, let two hold it 7 times in 30)."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for trial in range(8):
+        model_dir = tmp_path / f"trial{trial}"
+        model_dir.mkdir()
+        (model_dir / "lock.json").write_text(json.dumps({"host": os.uname().nodename, "pid": dead.pid}))
+        contenders = [subprocess.Popen([sys.executable, "-c", _CONTENDER, str(model_dir), str(i)], cwd=REPO,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                      for i in range(4)]
+        while len(list(model_dir.glob("ready-*"))) < len(contenders):
+            time.sleep(0.01)
+        (model_dir / "go").touch()
+        outputs = [process.communicate(timeout=120) for process in contenders]
+        assert all(process.returncode == 0 for process in contenders), [err[-500:] for _, err in outputs]
+        answers = sorted(out.strip() for out, _ in outputs)
+        # The first holds it for a second: those who tried meanwhile are refused.
+        assert answers == ["held", "refused", "refused", "refused"], answers
+        assert not (model_dir / "lock.json").exists()
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

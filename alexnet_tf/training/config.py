@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
+
+import tensorflow as tf
 
 from alexnet_tf.data.pipeline import DataConfig
 from alexnet_tf.model.architecture import AlexNetConfig
@@ -58,6 +61,15 @@ class TrainConfig:
             raise ConfigError("--freeze_conv needs --pretrained: frozen random convolutions learn nothing")
         if self.deterministic and self.seed is None:
             raise ConfigError("--deterministic needs --seed")
+        if self.seed is not None and not 0 <= self.seed < 2**32:
+            raise ConfigError(f"--seed must be in [0, 2**32), got {self.seed}")  # NumPy's and Keras' range.
+        if not (math.isfinite(self.cluster_timeout) and self.cluster_timeout > 0):
+            raise ConfigError(f"--cluster_timeout must be a finite number of seconds > 0, got {self.cluster_timeout}")
+        for device in self.tower_devices:
+            try:
+                tf.DeviceSpec.from_string(device)
+            except ValueError:
+                raise ConfigError(f"--tower_devices: {device!r} is not a device (e.g. /GPU:0, /CPU:0)") from None
 
     def to_json(self) -> dict[str, Any]:
         """The whole config as plain JSON values, nested by part (MODEL_DIR/config.json)."""

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from typing import Any
 
 import keras
 import tensorflow as tf
+
+from alexnet_tf.errors import ConfigError
 
 # Section 5: "batch size of 128 examples, momentum of 0.9, and weight decay of 0.0005";
 # "The learning rate was initialized at 0.01".
@@ -23,6 +26,15 @@ class OptimizerConfig:
     learning_rate: float = LEARNING_RATE
     momentum: float = MOMENTUM
     weight_decay: float = WEIGHT_DECAY
+
+    def __post_init__(self) -> None:
+        # NaN passes every comparison's negation: each check is written so that NaN fails it.
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ConfigError(f"--learning_rate must be a finite number > 0, got {self.learning_rate}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"--weight_decay must be a finite number >= 0, got {self.weight_decay}")
 
     def build(self) -> "PaperSGD":
         return PaperSGD(self.learning_rate, self.momentum, self.weight_decay)

@@ -8,7 +8,9 @@ Each raises an `errors.TrainingError`; the binary prints its message and exits n
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import json
 import os
 import socket
@@ -24,75 +26,122 @@ from alexnet_tf.errors import TrainingError
 class RunLock:
     """MODEL_DIR/lock.json, held by one run at a time: a second run on the same MODEL_DIR refuses to start.
 
-    The lock names its holder (host, process id, start time). A lock left by a process that died (kill -9, a
-    crash) on this same host is taken over; one held by a live process, or by another host, is refused with
-    one line naming it (delete the file if that run is known to be gone). Local MODEL_DIRs are locked with an
-    exclusive create; on other file systems (gs://) tf.io.gfile has none, so two runs started within the same
-    moment could both pass.
+    The lock names its holder (host, process id, start time); one held by a live process, or naming another host,
+    is refused with one line naming it (delete the file if that run is known to be gone). A local MODEL_DIR is
+    locked with `flock` on lock.json, which the kernel releases when the holder dies however it dies (kill -9, a
+    crash): two runs started at the same moment cannot both hold it. On other file systems (gs://) tf.io.gfile has
+    no lock: there the file itself is the lock, one left by a dead process of this host is taken over, and two runs
+    started within the same moment could both pass.
     """
 
     def __init__(self, model_dir: str):
         self.path = files.join(model_dir, model_dir_lib.LOCK)
         self.model_dir = model_dir
         self._held = False
+        self._local = "://" not in self.path
 
     def acquire(self) -> None:
         tf.io.gfile.makedirs(self.model_dir)
         holder = {"host": socket.gethostname(), "pid": os.getpid(),
                   "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        if self._local:
+            self._acquire_local(holder)
+        else:
+            self._acquire_remote(holder)
+        self._held = True
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        if not self._local:
+            if tf.io.gfile.exists(self.path):
+                tf.io.gfile.remove(self.path)
+            return
+        descriptor = _HELD.pop(self.path, None)
+        if descriptor is not None:
+            # Unlinked while still locked: a run that opened this file meanwhile sees it is no longer the lock.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            os.close(descriptor)
+
+    def _acquire_local(self, holder: dict[str, Any]) -> None:
+        if self.path in _HELD:
+            return  # This process already holds it (a second run() in one process).
+        while True:
+            descriptor = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                other = _read_holder(descriptor)
+                os.close(descriptor)
+                raise self._in_use(other) from None
+            try:  # Released (unlinked) by its holder between our open and our lock: not the lock any more.
+                current = os.stat(self.path).st_ino == os.fstat(descriptor).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            os.close(descriptor)
+        other = _read_holder(descriptor)
+        # Unlocked but naming a live process of this host (a version of this project that did not flock), or a
+        # process of another host (whose lock, on a network file system, this host may not see): refused.
+        if other and (other.get("host") != holder["host"] or (other.get("pid") != holder["pid"] and _is_alive(other))):
+            os.close(descriptor)
+            raise self._in_use(other)
+        if other:
+            logging.warning("Taking over %s from process %s, which is no longer running.", self.path, other.get("pid"))
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, json.dumps(holder).encode(), 0)
+        _HELD[self.path] = descriptor
+
+    def _acquire_remote(self, holder: dict[str, Any]) -> None:
         for _ in range(2):
-            if self._create(json.dumps(holder)):
-                self._held = True
+            if not tf.io.gfile.exists(self.path):
+                with tf.io.gfile.GFile(self.path, "w") as f:
+                    f.write(json.dumps(holder))
                 return
             other = files.read_json(self.path) or {}
             if other.get("host") == holder["host"] and other.get("pid") == holder["pid"]:
-                self._held = True  # This process already holds it (a second run() in one process).
-                return
-            if not self._is_stale(other):
-                raise TrainingError(
-                    f"{self.model_dir} is in use by another run (process {other.get('pid')} on "
-                    f"{other.get('host')}, since {other.get('started')}): wait for it, stop it, or give another "
-                    f"--model_dir (delete {self.path} if that run is gone)")
+                return  # This process already holds it (a second run() in one process).
+            if other and (other.get("host") != holder["host"] or _is_alive(other)):
+                raise self._in_use(other)
             logging.warning("Taking over %s from process %s, which is no longer running.", self.path,
                             other.get("pid"))
             tf.io.gfile.remove(self.path)
         raise TrainingError(f"cannot take the lock {self.path}: another run took it at the same moment")
 
-    def release(self) -> None:
-        if self._held and tf.io.gfile.exists(self.path):
-            tf.io.gfile.remove(self.path)
-        self._held = False
+    def _in_use(self, other: Mapping[str, Any]) -> TrainingError:
+        return TrainingError(
+            f"{self.model_dir} is in use by another run (process {other.get('pid')} on {other.get('host')}, since "
+            f"{other.get('started')}): wait for it, stop it, or give another --model_dir (delete {self.path} if that "
+            "run is gone)")
 
-    def _create(self, text: str) -> bool:
-        """Writes the lock file unless it exists; False if it did."""
-        if "://" not in self.path:
-            try:
-                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(descriptor, "w") as f:
-                f.write(text)
-            return True
-        if tf.io.gfile.exists(self.path):
-            return False
-        with tf.io.gfile.GFile(self.path, "w") as f:
-            f.write(text)
-        return True
 
-    @staticmethod
-    def _is_stale(holder: Mapping[str, Any]) -> bool:
-        """Whether the holder was a process of this host that no longer runs (an unreadable lock is stale)."""
-        if not holder:
-            return True
-        if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
-            return False
-        try:
-            os.kill(holder["pid"], 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
+# The file descriptors of the local locks this process holds, by path: closing one releases its flock.
+_HELD: dict[str, int] = {}
+
+
+def _read_holder(descriptor: int) -> dict[str, Any]:
+    """The holder a lock file names, or {} for an empty or unreadable one."""
+    try:
+        holder = json.loads(os.pread(descriptor, 4096, 0) or b"{}")
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _is_alive(holder: Mapping[str, Any]) -> bool:
+    """Whether the holder's process still runs on this host (its pid names a live process)."""
+    if not isinstance(holder.get("pid"), int) or holder["pid"] <= 0:
         return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class RunRecord:

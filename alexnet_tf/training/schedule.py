@@ -49,7 +49,7 @@ class ScheduleConfig:
         if not (isinstance(self.patience_epochs, int) and self.patience_epochs >= 1):
             raise errors.ConfigError(f"the plateau patience must be a whole number of epochs >= 1, got "
                                      f"{self.patience_epochs!r}")
-        if not self.min_delta >= 0:  # NaN fails too.
+        if not (math.isfinite(self.min_delta) and self.min_delta >= 0):
             raise errors.ConfigError(f"the plateau min_delta must be >= 0, got {self.min_delta!r}")
         if not (isinstance(self.max_reductions, int) and self.max_reductions >= 0):
             raise errors.ConfigError(f"the number of learning-rate reductions must be >= 0, got "
