@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import signal
 import sys
 from typing import Any, Callable
 
@@ -221,10 +222,14 @@ def run_main(program: str, run: Callable[[], Any], argv: list[str], on_error: Ca
         return run()
     except errors.AlexNetError as error:
         print(f"{program}: error: {error}", file=sys.stderr)
-        if on_error is not None:
-            quiet.release()
-            on_error(error.exit_code)
-        sys.exit(error.exit_code)
+        code = error.exit_code
+    except KeyboardInterrupt:  # A second Ctrl-C (the first is a preemption, training/preemption.py), or a tool's.
+        print(f"{program}: interrupted", file=sys.stderr)
+        code = 128 + signal.SIGINT
+    if on_error is not None:
+        quiet.release()
+        on_error(code)
+    sys.exit(code)
 
 
 def quiet_main(main: Callable[[list[str]], None], program: str | None = None) -> None:

@@ -33,11 +33,17 @@ class TrainingError(AlexNetError):
     """A run stopped by divergence, a lost worker, a busy MODEL_DIR or a full disk."""
 
 
-def disk_error(model_dir: str, error: Exception) -> TrainingError | None:
-    """A TrainingError for a full disk (or quota) met while writing MODEL_DIR; None for any other error."""
-    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(error):
-        return TrainingError(f"no space left while writing {model_dir}: free some and run the same command again; "
+def write_error(where: str, error: Exception) -> TrainingError | None:
+    """A TrainingError for a full disk (or quota), or a folder this process may not write (permissions, a
+    read-only file system), met while writing `where`; None for any other error (`OSError` or TensorFlow's)."""
+    text, number = str(error), getattr(error, "errno", None)
+    if number in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text:
+        return TrainingError(f"no space left while writing {where}: free some and run the same command again; "
                              "everything up to the last finished epoch is kept")
+    if number in (errno.EACCES, errno.EPERM, errno.EROFS) or any(
+            words in text for words in ("Permission denied", "Read-only file system", "PermissionDenied")):
+        return TrainingError(f"{where} cannot be written ({tf_error_line(error)}): give a folder you may write, or "
+                             "change its permissions")
     return None
 
 

@@ -108,7 +108,14 @@ def run(flags_obj: flags.FlagValues, datasets_override: tf.data.Dataset | None =
 
     `datasets_override`: (images, labels) batches to evaluate instead of --data_dir's validation set.
     """
-    npy_only = not any(path.endswith(loading.CHECKPOINT_SUFFIX) for path in cli.model_paths(flags_obj))
+    paths = cli.model_paths(flags_obj)
+    # Where the numbers and figures go, checked before the models run over the whole validation set.
+    for folder in {posixpath.dirname(results_path(flags_obj, paths)) or ".", flags_obj.figures} - {None}:
+        try:
+            files.check_writable(folder)
+        except (OSError, tf.errors.OpError) as error:
+            raise errors.write_error(folder, error) or error
+    npy_only = not any(path.endswith(loading.CHECKPOINT_SUFFIX) for path in paths)
     # A .npy file is read as the bvlc_alexnet preset unless --preset names another: so is its input.
     data = cli.data_config(flags_obj, default_preset=presets.BVLC_ALEXNET if npy_only else presets.PAPER)
     source = None if datasets_override is not None else data.source()

@@ -67,6 +67,16 @@ def read_json(path: str) -> Any | None:
         return None
 
 
+def check_writable(directory: str) -> None:
+    """Makes `directory` and writes and removes a file in it, raising what writing there meets (OSError,
+    tf.errors.OpError): for a program that computes for long before it writes, a failure before the work."""
+    tf.io.gfile.makedirs(directory)
+    probe = join(directory, PARTIAL_PREFIX + "probe")
+    with tf.io.gfile.GFile(probe, "wb") as f:
+        f.write(b"")
+    tf.io.gfile.remove(probe)
+
+
 def write_png(image: np.ndarray, path: str) -> str:
     """An RGB (or grey) uint8 image [H, W, 3] as a PNG at `path`, written whole or not at all; returns `path`."""
     buffer = io.BytesIO()

@@ -49,6 +49,11 @@ def checkpoints(directory: str) -> list[str]:
             for name in sorted(names, key=lambda n: int(_CHECKPOINT_NAME.match(n).group(1)))]
 
 
+def checkpoint_epoch(path: str) -> int:
+    """The epoch (1-based) whose end an `epoch_NNN.keras` checkpoint holds."""
+    return int(_CHECKPOINT_NAME.search(path).group(1))
+
+
 def save_atomically(model: keras.Model, path: str) -> None:
     """`model.save(path)` through a temporary name in the same directory, renamed over `path` when whole."""
     tf.io.gfile.makedirs(posixpath.dirname(path))

@@ -13,9 +13,10 @@ conv1.png, the SavedModel and results.json.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 import keras
 import numpy as np
@@ -33,7 +34,7 @@ from alexnet_tf.training import callbacks as callbacks_lib
 from alexnet_tf.training import distribute, multi_worker, results as results_lib, run_guard
 from alexnet_tf.training.config import BATCH_SIZE, EPOCHS, TrainConfig
 from alexnet_tf.training.optimizer import OptimizerConfig
-from alexnet_tf.training.schedule import PlateauSchedule, ScheduleConfig
+from alexnet_tf.training.schedule import ScheduleConfig
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -205,9 +206,7 @@ class Trainer:
     chief: bool
     datasets: Datasets
     model: keras.Model
-    callbacks: list[keras.callbacks.Callback]
-    throughput: callbacks_lib.Throughput
-    schedule: PlateauSchedule
+    callbacks: callbacks_lib.RunCallbacks
     steps_per_epoch: int | None
     lock: run_guard.RunLock
 
@@ -220,6 +219,8 @@ def build(config: TrainConfig, strategy_override: tf.distribute.Strategy | None 
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy(config.dtype_policy)
+    if tf.io.gfile.exists(config.model_dir) and not tf.io.gfile.isdir(config.model_dir):
+        raise errors.ConfigError(f"--model_dir={config.model_dir} is a file, not a folder")
     if config.demo and datasets_override is None:
         demo.ensure_demo_data(config.data.data_dir)
     strategy = strategy_override or distribute.make_strategy(config.strategy, config.cluster_timeout)
@@ -228,14 +229,16 @@ def build(config: TrainConfig, strategy_override: tf.distribute.Strategy | None 
     if config.classes_from_data:
         config = dataclasses.replace(config, architecture=dataclasses.replace(
             config.architecture, num_classes=datasets.num_classes))
+    elif config.architecture.num_classes < datasets.num_classes:
+        raise errors.ConfigError(f"--num_classes={config.architecture.num_classes} is fewer than the "
+                                 f"{datasets.num_classes} classes of {config.data.data_dir}: fc8 needs one per class")
     # The lock, once the data set is known to be readable and before anything is written to MODEL_DIR. Workers of
     # a cluster share MODEL_DIR, and only the chief writes it; their restarts must not find it locked.
     lock = run_guard.RunLock(config.model_dir)
     if chief and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         lock.acquire()
     try:
-        run_guard.RunRecord(config.model_dir, run_variant(config), chief,
-                            settings={"learning_rate": config.optimizer.learning_rate}).check()
+        changed = run_guard.RunRecord(config.model_dir, run_variant(config), chief, run_settings(config)).check()
         if chief:
             files.write_json(files.join(config.model_dir, model_dir_lib.CONFIG), config.to_json())
         steps_per_epoch = config.steps_per_epoch
@@ -245,21 +248,33 @@ def build(config: TrainConfig, strategy_override: tf.distribute.Strategy | None 
         with strategy.scope():
             model = create_model(config, config.architecture)
             compile_model(model, config)
-        callbacks, throughput, schedule = callbacks_lib.make_callbacks(config, chief)
+        # A resumed run given another --learning_rate continues at it (e.g. a lower one after a divergence).
+        learning_rate = changed.get("learning_rate", (None, None))[1]
+        callbacks = callbacks_lib.make_callbacks(config, chief, learning_rate)
     except BaseException:
         lock.release()
         raise
-    return Trainer(config, strategy, chief, datasets, model, callbacks, throughput, schedule, steps_per_epoch, lock)
+    return Trainer(config, strategy, chief, datasets, model, callbacks, steps_per_epoch, lock)
 
 
 def run_variant(config: TrainConfig) -> dict[str, Any]:
-    """What shapes the model's and the optimizer's variables, which a resumed run must keep: the architecture
-    (the model's own Keras config, less its initialization) and the training settings that change the state.
-    Initialization stays out: a resume loads the weights, and a MODEL_DIR recorded before a field of it existed
-    (conv1_init_gain) must still resume."""
+    """What a resumed run must keep (`run_guard.RunRecord`): what shapes the model's and the optimizer's variables
+    (the architecture, less its initialization, which a resume does not use; the dtype policy; --freeze_conv) and
+    what gives the model's inputs their meaning (channel order and mean: the export serves with them)."""
     initialization = ("seed", "init", "conv1_init_gain")
     architecture = {k: v for k, v in dataclasses.asdict(config.architecture).items() if k not in initialization}
-    return {**architecture, "dtype_policy": config.dtype_policy, "freeze_conv": config.freeze_conv}
+    data = config.data
+    return {**architecture, "dtype_policy": config.dtype_policy, "freeze_conv": config.freeze_conv,
+            "channel_order": data.channel_order, "mean": data.mean, "mean_rgb": data.mean_rgb}
+
+
+def run_settings(config: TrainConfig) -> dict[str, Any]:
+    """What a resumed run may change, each change said in one line (`run_guard.RunRecord`)."""
+    return {"learning_rate": config.optimizer.learning_rate, "momentum": config.optimizer.momentum,
+            "weight_decay": config.optimizer.weight_decay, "batch_size": config.batch_size,
+            "data_dir": config.data.data_dir, "stats_path": config.data.stats_path, "pca_noise": config.data.pca_noise,
+            "lr_patience_epochs": config.schedule.patience_epochs, "lr_min_delta": config.schedule.min_delta,
+            "lr_max_reductions": config.schedule.max_reductions}
 
 
 def in_lockstep(datasets: Datasets, replicas: int, batch_size: int, steps_per_epoch: int | None) -> int:
@@ -285,7 +300,7 @@ def fit(trainer: Trainer) -> keras.callbacks.History:
             validation_data=trainer.datasets.validation,
             epochs=config.epochs,
             steps_per_epoch=trainer.steps_per_epoch,
-            callbacks=trainer.callbacks,
+            callbacks=trainer.callbacks.all,
             shuffle=False,  # The input pipeline shuffles.
             verbose=2 if not sys.stdout.isatty() else 1,
         )
@@ -295,11 +310,6 @@ def fit(trainer: Trainer) -> keras.callbacks.History:
         if not isinstance(trainer.strategy, tf.distribute.MultiWorkerMirroredStrategy):
             raise
         raise multi_worker.worker_lost(error, config.cluster_timeout) from None
-    except (OSError, tf.errors.OpError) as error:
-        disk_full = errors.disk_error(config.model_dir, error)
-        if disk_full is None:
-            raise
-        raise disk_full from None
 
 
 def train(config: TrainConfig, strategy_override: tf.distribute.Strategy | None = None,
@@ -315,21 +325,35 @@ def train(config: TrainConfig, strategy_override: tf.distribute.Strategy | None 
         logging.warning("%s already holds this run's %d epochs: its results are kept (give more --epochs to "
                         "train on).", config.model_dir, config.epochs)
         return finished
-    trainer = build(config, strategy_override, datasets_override)
+    with _write_errors_named(config.model_dir, config.export_dir):
+        trainer = build(config, strategy_override, datasets_override)
+        try:
+            with trainer.callbacks.preemption:  # SIGTERM, Ctrl-C: a backup, then one line (training/preemption.py).
+                logging.info("Training %s (%s parameters) with %s on %d replica(s).", trainer.model.name,
+                             f"{trainer.model.count_params():,}", type(trainer.strategy).__name__,
+                             trainer.strategy.num_replicas_in_sync)
+                fit(trainer)
+                return finish(trainer)
+        finally:
+            trainer.lock.release()
+
+
+@contextlib.contextmanager
+def _write_errors_named(model_dir: str, export_dir: str | None) -> Iterator[None]:
+    """A full disk, or a MODEL_DIR (or --export_dir) this process may not write, as one line naming the folder."""
     try:
-        logging.info("Training %s (%s parameters) with %s on %d replica(s).", trainer.model.name,
-                     f"{trainer.model.count_params():,}", type(trainer.strategy).__name__,
-                     trainer.strategy.num_replicas_in_sync)
-        history = fit(trainer)
-        return finish(trainer, history)
-    finally:
-        trainer.lock.release()
+        yield
+    except (OSError, tf.errors.OpError) as error:
+        named = errors.write_error(model_dir if export_dir is None else f"{model_dir} or {export_dir}", error)
+        if named is None:
+            raise
+        raise named from None
 
 
-def finish(trainer: Trainer, history: keras.callbacks.History) -> dict[str, Any]:
+def finish(trainer: Trainer) -> dict[str, Any]:
     """What the chief writes after the last epoch: figures, the SavedModel, results.json (last)."""
     config, source = trainer.config, trainer.datasets.source
-    results = results_lib.run_results(config.epochs, history, trainer.throughput.rates, config.model_dir)
+    results = results_lib.run_results(config.epochs, trainer.callbacks.history.records, config.model_dir)
     if trainer.chief:
         validated = config.data if trainer.datasets.validation is not None and config.data.data_dir else None
         results.update(results_lib.write_final_figures(trainer.model, config.model_dir, validated, config.epochs,

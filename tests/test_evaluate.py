@@ -202,5 +202,25 @@ def test_main_prints_the_errors_and_the_image_count(data_dir, tmp_path):
             in process.stdout)
 
 
+def test_a_folder_the_results_cannot_be_written_to_is_refused_before_the_work(parse, data_dir, tmp_path,
+                                                                             monkeypatch):
+    """The evaluation used to compute everything, then lose the numbers on a read-only folder."""
+    npy = cc.save_npy(str(tmp_path / "w.npy"))
+    read_only = str(tmp_path / "read_only")
+
+    def makedirs(path):
+        if path.startswith(read_only):
+            raise tf.errors.PermissionDeniedError(None, None, f"{path}: Read-only file system")
+        return original(path)
+
+    original = tf.io.gfile.makedirs
+    monkeypatch.setattr(tf.io.gfile, "makedirs", makedirs)
+    monkeypatch.setattr(cli, "load_models", lambda *args: pytest.fail("the models were loaded"))
+    for where in (f"--model_dir={read_only}", f"--figures={read_only}/figures"):
+        with pytest.raises(errors.TrainingError, match=rf"^{read_only}.* cannot be written \(.*Read-only file "
+                                                       "system"):
+            evaluate.run(parse(*cc.FLAGS, f"--data_dir={data_dir}", f"--pretrained={npy}", where))
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

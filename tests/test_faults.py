@@ -19,7 +19,7 @@ from absl import flags
 
 from alexnet_tf import cli, errors, train
 from alexnet_tf.model import build_alexnet, loading
-from alexnet_tf.training import distribute
+from alexnet_tf.training import callbacks, distribute
 from tests import tiny_data
 from tests.flag_parsing import flag_parser
 from tests.fit_only import fit
@@ -91,7 +91,9 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_epoch(parse, tmp_pat
     with pytest.raises(errors.TrainingError) as error:
         train.run(flag_values, datasets_override=datasets)
     assert str(error.value) == ("the training loss is nan at epoch 2, step 3 (optimizer step 7): training diverged, "
-                                "and nothing was saved after the previous epoch; resume with a lower --learning_rate")
+                                "and nothing was saved after the previous epoch; run the same command with a lower "
+                                "--learning_rate: it resumes after epoch 1 at that rate (or give a new --model_dir to "
+                                "start over)")
     assert os.listdir(model_dir / "checkpoints") == ["epoch_001.keras"]
     assert json.loads((model_dir / "backup" / "training_metadata.json").read_text())["epoch"] == 1
     assert list(json.loads((model_dir / "backup" / "plateau.json").read_text())["states"]) == ["0"]
@@ -111,8 +113,6 @@ def test_a_learning_rate_blowup_stops_before_saving(data_dir, parse, tmp_path):
 
 
 def test_weights_that_overflowed_in_the_last_step_are_not_saved():
-    from alexnet_tf.training import callbacks
-
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, name="dense")])
     model.compile(optimizer="sgd", loss="mse")
     guard = callbacks.StopOnNaN()
@@ -122,6 +122,25 @@ def test_weights_that_overflowed_in_the_last_step_are_not_saved():
     model.layers[0].kernel.assign([[np.inf], [0.0]])
     with pytest.raises(errors.TrainingError, match=r"not finite after epoch 1 \(sequential/dense/kernel\)"):
         guard.on_epoch_end(0, {"loss": 1.5})
+
+
+def test_an_epoch_whose_validation_diverged_is_not_saved_and_the_message_says_how_to_go_on():
+    """At lr 10 with 3 steps an epoch, epoch 1's training losses were finite and its validation loss NaN: it became
+    the backup, and the advised lower rate was ignored on resume."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    guard = callbacks.StopOnNaN()
+    guard.set_model(model)
+    for epoch, restart in ((0, "run the command again with a lower --learning_rate"),
+                           (3, "run the same command with a lower --learning_rate: it resumes after epoch 3 at that "
+                               "rate")):
+        guard.on_epoch_begin(epoch)
+        guard.on_train_batch_end(0, {"loss": 2.0})
+        with pytest.raises(errors.TrainingError, match=re.escape(
+                f"the validation loss is nan, top1_error is inf after epoch {epoch + 1}: training diverged, and it "
+                f"was not saved; {restart}")):
+            guard.on_epoch_end(epoch, {"loss": 2.0, "val_loss": float("nan"), "val_top1_error": float("inf"),
+                                       "val_top5_error": 1.0})
 
 
 @pytest.mark.slow
@@ -153,7 +172,8 @@ def test_a_corrupt_shard_is_named_and_the_run_so_far_kept(data_dir, model_dir, p
     assert re.fullmatch(rf"unreadable data \(corrupted record at \d+\) in {re.escape(str(shard))}: prepare the data "
                         r"set again: python tools/prepare_imagenet.py --input_dir=.* --output_dir=.*", str(error.value)
                         ), str(error.value)
-    assert_kept({k: v for k, v in before.items() if k != "config.json"}, model_dir)  # The latest command's settings.
+    # config.json and run.json record the latest command's settings (another --data_dir here).
+    assert_kept({k: v for k, v in before.items() if k not in ("config.json", "run.json")}, model_dir)
 
 
 @pytest.mark.parametrize("flag, message", [
@@ -240,12 +260,30 @@ def test_a_damaged_latest_backup_resumes_from_the_previous_one(two_epoch_run, da
 
 
 @pytest.mark.slow
-def test_no_readable_backup_is_one_line(two_epoch_run, data_dir, parse, tmp_path):
+def test_no_readable_backup_resumes_from_the_newest_checkpoint_and_none_at_all_is_one_line(two_epoch_run, data_dir,
+                                                                                           parse, tmp_path):
     model_dir = shutil.copytree(two_epoch_run, tmp_path / "model")
     for name in ("latest.weights.h5", "latest.weights.h5.bkp"):
         truncate(model_dir / "backup" / name)
     (model_dir / "results.json").unlink()
-    with pytest.raises(errors.TrainingError, match=rf"^no backup in {re.escape(str(model_dir))}/backup can be read"):
+    checkpoint = keras.models.load_model(model_dir / "checkpoints" / "epoch_002.keras")
+    trainer = train.build(train.config_from_flags(parse(f"--data_dir={data_dir}", f"--model_dir={model_dir}",
+                                                        "--epochs=3")))
+    try:
+        backup = [c for c in trainer.callbacks.all if isinstance(c, callbacks.FallbackBackupAndRestore)][0]
+        backup.set_model(trainer.model)
+        backup.on_train_begin()
+        # epoch_002.keras holds the weights and the optimizer's state after epoch 2: the run goes on from there.
+        assert trainer.model._initial_epoch == 2
+        assert int(trainer.model.optimizer.iterations.numpy()) == int(checkpoint.optimizer.iterations.numpy()) > 0
+        for ours, saved in zip(trainer.model.weights, checkpoint.weights):
+            np.testing.assert_array_equal(ours.numpy(), saved.numpy())
+    finally:
+        trainer.lock.release()
+    shutil.rmtree(model_dir / "checkpoints")
+    with pytest.raises(errors.TrainingError, match=rf"^no backup in {re.escape(str(model_dir))}/backup can be read "
+                                                   r"\(the latest and the previous are damaged\), nor any epoch "
+                                                   "checkpoint"):
         train.run(parse(f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=3"))
 
 
@@ -270,13 +308,23 @@ def test_the_run_is_recorded_before_anything_can_be_resumed(data_dir, parse, tmp
 
 
 @pytest.mark.slow
-def test_resuming_with_another_learning_rate_says_it_is_ignored(model_dir, data_dir, parse, caplog):
+def test_a_resume_says_what_it_changes_and_refuses_another_input(model_dir, data_dir, parse, caplog):
     (model_dir / "results.json").unlink()
     with caplog.at_level("WARNING"):
-        train.build(train.config_from_flags(parse(f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=2",
-                                                  "--learning_rate=0.05"))).lock.release()
-    assert "--learning_rate=0.05 is ignored: this run resumes with its saved schedule, begun with " \
-           "learning_rate=0.01." in caplog.text
+        trainer = train.build(train.config_from_flags(parse(
+            f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=2", "--learning_rate=0.05",
+            "--batch_size=4", "--nopca_noise")))
+        trainer.lock.release()
+    for name, new, old in (("learning_rate", "0.05", "0.01"), ("batch_size", "4", "8"), ("pca_noise", "false", "true")):
+        assert f"--{name}={new}: the resumed run uses it; the run's previous command had {old}." in caplog.text
+    # The resumed schedule continues at the command's rate (after a divergence, a lower one).
+    assert trainer.callbacks.schedule.learning_rate_override == 0.05
+    # What the model's inputs mean may not change: the export would serve another preprocessing.
+    for flag, message in (("--channel_order=BGR", "--channel_order=BGR (it has RGB)"),
+                          ("--mean=none", "--mean=none (it has image)")):
+        with pytest.raises(errors.TrainingError, match=re.escape(message)):
+            train.build(train.config_from_flags(parse(f"--data_dir={data_dir}", f"--model_dir={model_dir}",
+                                                      "--epochs=2", flag)))
 
 
 @pytest.mark.slow
@@ -344,6 +392,49 @@ def test_a_model_dir_recorded_before_conv1_init_gain_existed_resumes(data_dir, p
     (model_dir / "backup").mkdir()
     train.build(train.config_from_flags(parse(*flags, "--conv1_init_gain=0.5")))
     assert json.loads((model_dir / "run.json").read_text()) == record
+
+
+@pytest.mark.slow
+def test_a_run_that_failed_after_its_last_epoch_keeps_its_numbers_when_run_again(model_dir, data_dir, parse,
+                                                                                monkeypatch):
+    """It used to train nothing when run again, and write null errors and loss over the real ones."""
+    (model_dir / "results.json").unlink()
+    epochs = json.loads((model_dir / "backup" / "history.json").read_text())["epochs"]
+    assert list(epochs) == ["1"]
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train.serving, "export_model", full)
+    with pytest.raises(errors.TrainingError, match="^no space left while writing"):
+        train.run(parse(f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=1"))
+    monkeypatch.undo()
+    results = train.run(parse(f"--data_dir={data_dir}", f"--model_dir={model_dir}", "--epochs=1"))
+    assert (results["val_top1_error"], results["train_loss"], results["learning_rate"]) == (
+        epochs["1"]["val_top1_error"], epochs["1"]["loss"], epochs["1"]["learning_rate"])
+    assert results["val_top1_error"] is not None and results["train_images_per_sec"] > 0
+
+
+def test_fewer_classes_than_the_data_and_a_model_dir_that_is_a_file_are_one_line(data_dir, parse, tmp_path):
+    with pytest.raises(errors.ConfigError, match=rf"^--num_classes=3 is fewer than the 4 classes of {data_dir}"):
+        train.build(train.config_from_flags(parse(f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'm'}",
+                                                  "--num_classes=3")))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(errors.ConfigError, match=rf"^--model_dir={tmp_path / 'file'} is a file, not a folder$"):
+        train.run(parse(f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'file'}"))
+
+
+@pytest.mark.parametrize("error", [PermissionError(13, "Permission denied"), OSError(30, "Read-only file system"),
+                                   tf.errors.PermissionDeniedError(None, None, "open: Permission denied")])
+def test_a_model_dir_that_cannot_be_written_is_one_line(data_dir, parse, tmp_path, monkeypatch, error):
+    """Root writes anywhere, so the file system's refusal is made here as a read-only MODEL_DIR would."""
+    def refuse(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(tf.io.gfile, "makedirs", refuse)
+    with pytest.raises(errors.TrainingError, match=rf"^{re.escape(str(tmp_path / 'm'))} cannot be written \(.*"
+                                                   r"\): give a folder you may write, or change its permissions$"):
+        train.run(parse(f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'm'}"))
 
 
 if __name__ == "__main__":

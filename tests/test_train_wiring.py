@@ -119,7 +119,7 @@ def test_section_5_optimizer(built):
 
 def test_section_5_plateau_schedule(built):
     trainer, _ = built
-    schedule = trainer.schedule
+    schedule = trainer.callbacks.schedule
     assert (schedule.factor, schedule.patience_epochs, schedule.max_reductions) == (0.1, 5, 3)
     assert schedule.min_delta == pytest.approx(1e-3)
     assert schedule.monitor == "val_top1_error"
@@ -158,7 +158,7 @@ def test_flags_that_deviate_from_the_paper_reach_their_objects(tmp_path, monkeyp
     monkeypatch.setattr(pipeline, "make_train_dataset", lambda c, b, s, **k: seen.setdefault("data", c))
     monkeypatch.setattr(pipeline, "make_eval_dataset", lambda c, b, s, **k: None)
     trainer = train.build(config)
-    optimizer, schedule, model_config = trainer.model.optimizer, trainer.schedule, trainer.model.get_config()
+    optimizer, schedule, model_config = trainer.model.optimizer, trainer.callbacks.schedule, trainer.model.get_config()
     assert (float(optimizer.learning_rate), optimizer.momentum, optimizer.weight_decay_l2) == \
         pytest.approx((0.02, 0.5, 0.01))
     assert (schedule.patience_epochs, schedule.min_delta, schedule.max_reductions) == (7, 0.02, 1)

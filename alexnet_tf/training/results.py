@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping
 
 import keras
 import numpy as np
@@ -14,19 +14,23 @@ from alexnet_tf.model import alexnet
 from alexnet_tf.training import tensorboard
 
 
-def run_results(epochs: int, history: keras.callbacks.History, rates: Sequence[float], model_dir: str
-                ) -> dict[str, Any]:
-    """The numbers of results.json: the last epoch's errors and loss, the median throughput, where things are."""
-    last = {key: values[-1] for key, values in history.history.items() if values}
+def run_results(epochs: int, history: Mapping[int, Mapping[str, float]], model_dir: str) -> dict[str, Any]:
+    """The numbers of results.json: the last epoch's errors and loss, the median throughput, where things are.
+
+    `history`: every finished epoch's logs, by 1-based epoch (`callbacks.EpochHistory.records`), which a resumed
+    run keeps from its earlier commands.
+    """
+    last = history[max(history)] if history else {}
+    rates = [logs["images_per_sec"] for logs in history.values() if "images_per_sec" in logs]
     saved = model_dir_lib.checkpoints(files.join(model_dir, model_dir_lib.CHECKPOINTS))
     return {
         "epochs": epochs,
-        "val_top1_error": _number(last.get("val_top1_error")),
-        "val_top5_error": _number(last.get("val_top5_error")),
-        "train_top1_error": _number(last.get("top1_error")),
-        "train_loss": _number(last.get("loss")),
-        "learning_rate": _number(last.get("learning_rate")),
-        "train_images_per_sec": _number(float(np.median(rates)) if rates else None),
+        "val_top1_error": last.get("val_top1_error"),
+        "val_top5_error": last.get("val_top5_error"),
+        "train_top1_error": last.get("top1_error"),
+        "train_loss": last.get("loss"),
+        "learning_rate": last.get("learning_rate"),
+        "train_images_per_sec": float(np.median(rates)) if rates else None,
         "checkpoint": saved[-1] if saved else None,
         "tensorboard_logdir": files.join(model_dir, model_dir_lib.LOGS),
     }
@@ -47,7 +51,3 @@ def write_final_figures(model: keras.Model, model_dir: str, data: pipeline.DataC
     results.update(figure4.write_figure4(figure, files.join(model_dir, model_dir_lib.FIGURES)))
     tensorboard.write_figure4(files.join(model_dir, model_dir_lib.LOGS), figure, step)
     return results
-
-
-def _number(value) -> float | None:
-    return None if value is None else float(value)

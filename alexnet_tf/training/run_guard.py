@@ -145,14 +145,16 @@ def _is_alive(holder: Mapping[str, Any]) -> bool:
 
 
 class RunRecord:
-    """Keeps a run of one configuration from resuming another's MODEL_DIR, and says what a resume ignores.
+    """Keeps a run of one configuration from resuming another's MODEL_DIR, and says what a resume changes.
 
-    `variant` holds what shapes the model's and the optimizer's variables, by flag name: the architecture (the
-    model's own Keras config) and the settings that change its state; `settings` what a resume keeps from the first run
-    although the command may say otherwise (the initial learning rate: the schedule's saved state wins).
+    `variant` holds, by flag name, what a resumed run must keep: what shapes the model's and the optimizer's
+    variables (the architecture, the dtype policy, --freeze_conv) and what gives the model's inputs their meaning
+    (channel order, mean). `settings` holds what a resume may change (the data's folder, the optimizer's
+    coefficients, the batch size, ...): each change is said in one line, naming the old and the new value.
     `check()`, before training, writes MODEL_DIR/run.json while MODEL_DIR holds nothing to resume (no backup, no
     checkpoint), so that a record exists before anything can be resumed; once it does, it refuses a variant that
-    differs, naming every difference, and logs one line for each ignored setting.
+    differs, naming every difference, and records the settings of the resuming command. Fields a record of an
+    older version lacks are not compared (initialization, for instance, is no longer part of the variant).
     """
 
     def __init__(self, model_dir: str, variant: Mapping[str, Any], is_chief: bool = True,
@@ -161,8 +163,12 @@ class RunRecord:
         self.model_dir, self.is_chief = model_dir, is_chief
         self.record = {"variant": _plain(variant), "settings": _plain(settings or {})}
 
-    def check(self) -> None:
-        """Records the run, or compares it with the recorded one; raises TrainingError for another variant."""
+    def check(self) -> dict[str, tuple[Any, Any]]:
+        """Records the run, or compares it with the recorded one; raises TrainingError for another variant.
+
+        Returns:
+            The settings this command changes, {name: (recorded value, this command's value)}; {} for a new run.
+        """
         resumable = any(tf.io.gfile.exists(files.join(self.model_dir, d))
                         for d in (model_dir_lib.BACKUP, model_dir_lib.CHECKPOINTS))
         recorded = files.read_json(self.path)
@@ -172,18 +178,22 @@ class RunRecord:
                                     "(written by an older alexnet_tf, or damaged): give a new --model_dir")
             if self.is_chief:
                 files.write_json(self.path, self.record)
-            return
+            return {}
         ours, theirs = self.record["variant"], recorded.get("variant", {})
-        differences = [f"--{name}={_text(ours.get(name))} (it has {_text(theirs.get(name))})"
-                       for name in sorted(set(ours) | set(theirs)) if ours.get(name) != theirs.get(name)]
+        differences = [f"--{name}={_text(ours[name])} (it has {_text(theirs[name])})"
+                       for name in sorted(set(ours) & set(theirs)) if ours[name] != theirs[name]]
         if differences:
             raise TrainingError(f"{self.model_dir} holds a run of another model variant: {'; '.join(differences)}. "
                                 "Resume it with its own flags, or give a new --model_dir")
-        for name, value in self.record["settings"].items():
-            first = recorded.get("settings", {}).get(name)
-            if first is not None and first != value:
-                logging.warning("--%s=%s is ignored: this run resumes with its saved schedule, begun with %s=%s.",
-                                name, _text(value), name, _text(first))
+        previous = recorded.get("settings", {})
+        changed = {name: (previous[name], value) for name, value in self.record["settings"].items()
+                   if name in previous and previous[name] != value}
+        for name, (old, new) in changed.items():
+            logging.warning("--%s=%s: the resumed run uses it; the run's previous command had %s.", name, _text(new),
+                            _text(old))
+        if self.is_chief and changed:
+            files.write_json(self.path, {"variant": {**theirs, **ours}, "settings": self.record["settings"]})
+        return changed
 
 
 def _plain(value: Any) -> Any:

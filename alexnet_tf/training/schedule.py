@@ -55,10 +55,12 @@ class ScheduleConfig:
             raise errors.ConfigError(f"the number of learning-rate reductions must be >= 0, got "
                                      f"{self.max_reductions!r}")
 
-    def build(self, state_path: str | None = None, is_chief: bool = True) -> "PlateauSchedule":
+    def build(self, state_path: str | None = None, is_chief: bool = True,
+              learning_rate_override: float | None = None) -> "PlateauSchedule":
         """The schedule of these settings, keeping its state in `state_path` (written by the chief only)."""
         return PlateauSchedule(patience_epochs=self.patience_epochs, min_delta=self.min_delta,
-                               max_reductions=self.max_reductions, state_path=state_path, is_chief=is_chief)
+                               max_reductions=self.max_reductions, state_path=state_path, is_chief=is_chief,
+                               learning_rate_override=learning_rate_override)
 
 
 _FRESH_EPOCH = -1  # The `epoch` of a state recorded before any epoch has finished.
@@ -115,6 +117,7 @@ class PlateauSchedule(keras.callbacks.Callback):
         max_reductions: int = MAX_LR_REDUCTIONS,
         state_path: str | None = None,
         is_chief: bool = True,
+        learning_rate_override: float | None = None,
     ):
         """Creates the callback.
 
@@ -126,6 +129,8 @@ class PlateauSchedule(keras.callbacks.Callback):
           max_reductions: reductions allowed in total, >= 0.
           state_path: JSON file holding the state of every finished epoch; None keeps it in memory only.
           is_chief: whether this worker writes `state_path`.
+          learning_rate_override: for a resumed fit(), the learning rate to continue at instead of the restored
+            state's (a resumed run given another --learning_rate, e.g. a lower one after it diverged).
         """
         super().__init__()
         ScheduleConfig(patience_epochs, min_delta, max_reductions)  # Validates them.
@@ -138,6 +143,7 @@ class PlateauSchedule(keras.callbacks.Callback):
         self.max_reductions = max_reductions
         self.state_path = state_path
         self.is_chief = is_chief
+        self.learning_rate_override = learning_rate_override
         self._state = PlateauState()
         self._history: dict[int, PlateauState] = {}
         self._needs_restore = True
@@ -173,6 +179,10 @@ class PlateauSchedule(keras.callbacks.Callback):
             self._state = self._restored_state(epoch)
         if self._state.learning_rate is None:
             self._state.learning_rate = _as_stored(float(variable.numpy()), variable.dtype)
+        if self.learning_rate_override is not None and epoch > 0:
+            logging.warning("The learning rate is %.3g from epoch %d on (the command's), where the resumed schedule "
+                            "had %.3g.", self.learning_rate_override, epoch + 1, self._state.learning_rate)
+            self._state.learning_rate = _as_stored(self.learning_rate_override, variable.dtype)
         variable.assign(self._state.learning_rate)
 
     def on_epoch_end(self, epoch, logs=None):
