@@ -20,7 +20,7 @@ with the smallest Euclidean distance from the feature vector for the test image.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
@@ -101,8 +101,9 @@ def _fc7_of_splits(model: keras.Model, data: pipeline.DataConfig, image_size: in
     val = pipeline.make_eval_dataset(data, batch_size, image_size, source=source)
     train = pipeline.make_eval_dataset(data, batch_size, image_size, split=records.TRAIN, source=source)
     train = train.unbatch().take(max_train_images).batch(batch_size)
-    query_features, probabilities, query_labels = fc7_features(model, val)
-    pool_features, _, pool_labels = fc7_features(model, train)
+    predict = fc7_predict(model)  # Traced once for both splits.
+    query_features, probabilities, query_labels = fc7_features(predict, val)
+    pool_features, _, pool_labels = fc7_features(predict, train)
     return _Fc7(query_features, probabilities, query_labels, pool_labels,
                 nearest_neighbours(query_features, pool_features))
 
@@ -195,16 +196,23 @@ def sprite_image(thumbnails: np.ndarray) -> np.ndarray:
     return sprite
 
 
+def fc7_predict(model: keras.Model) -> Callable:
+    """images -> (fc7 features, logits), `fc7_model` in inference mode as one tf.function."""
+    both = fc7_model(model)
+    return tf.function(lambda images: both(images, training=False), reduce_retracing=True)
+
+
 def fc7_model(model: keras.Model) -> keras.Model:
     """images -> (fc7 features after ReLU [N, units], logits [N, classes]) of a trained AlexNet."""
     return keras.Model(model.inputs, [model.get_layer("fc7").output, model.outputs[0]], name="fc7_and_logits")
 
 
-def fc7_features(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fc7_features(model: keras.Model | Callable, dataset: tf.data.Dataset
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(features float32 [N, units], probabilities float32 [N, classes], labels int [N]) over `dataset`'s
-    (images, labels) batches."""
-    both = fc7_model(model)
-    predict = tf.function(lambda images: both(images, training=False), reduce_retracing=True)
+    (images, labels) batches. `model`: an AlexNet, or `fc7_predict(model)` (one traced function for several data
+    sets)."""
+    predict = fc7_predict(model) if isinstance(model, keras.Model) else model
     features, probabilities, labels = [], [], []
     for images, batch_labels in dataset:
         fc7, logits = predict(images)

@@ -269,7 +269,7 @@ class WeightHistograms(keras.callbacks.Callback):
             images = next(iter(self.images.unbatch().batch(SPARSITY_IMAGES).take(1)))[0]
             self._probe = probe, [layer.name for layer in relu], images
         probe, names, images = self._probe
-        outputs = probe(images, training=False)
+        outputs = tf.nest.flatten(probe(images, training=False))  # A model of one output returns it alone.
         return {name: float(tf.math.zero_fraction(output)) for name, output in zip(names, outputs)}
 
 
