@@ -43,9 +43,9 @@ MAX_TRAIN_IMAGES = 20_000
 # float32 features at the paper's width; the demo's 500 all fit.
 EMBEDDED_IMAGES = 2_000
 SPRITE_TILE = 32  # Pixels of each thumbnail in the projector's sprite.
-# The predictions panel in TensorBoard: two rows of four, 672 pixels wide, so that its labels stay readable at
+# The predictions panel in TensorBoard: four rows of two, 336 pixels wide, so that its labels stay readable at
 # the width of TensorBoard's image cards (the paper's single row is 1,344 pixels wide).
-GRID_COLUMNS = 4
+GRID_COLUMNS = 2
 _FONT = ImageFont.load_default(size=13)
 _CORRECT, _OTHER, _TEXT, _BACKGROUND = (200, 30, 30), (70, 110, 190), (20, 20, 20), (255, 255, 255)
 
