@@ -43,9 +43,7 @@ MAX_TRAIN_IMAGES = 20_000
 # float32 features at the paper's width; the demo's 500 all fit.
 EMBEDDED_IMAGES = 2_000
 SPRITE_TILE = 32  # Pixels of each thumbnail in the projector's sprite.
-# The predictions panel in TensorBoard: four rows of two, 336 pixels wide, so that its labels stay readable at
-# the width of TensorBoard's image cards (the paper's single row is 1,344 pixels wide).
-GRID_COLUMNS = 2
+PREDICTION_COLUMN = TILE + 40  # Pixels of each image's column in the predictions panel.
 _FONT = ImageFont.load_default(size=13)
 _CORRECT, _OTHER, _TEXT, _BACKGROUND = (200, 30, 30), (70, 110, 190), (20, 20, 20), (255, 255, 255)
 
@@ -68,12 +66,10 @@ class Embedding:
 
 @dataclasses.dataclass
 class Figure4:
-    """Both panels (uint8 RGB arrays; the predictions also as `predictions_grid`, GRID_COLUMNS images a row), the
-    agreement of the validation images' fc7 neighbours, and the fc7 embedding of (a class-balanced sample of) the
-    validation images."""
+    """Both panels (uint8 RGB arrays), the agreement of the validation images' fc7 neighbours, and the fc7
+    embedding of (a class-balanced sample of) the validation images."""
 
     predictions: np.ndarray
-    predictions_grid: np.ndarray
     neighbours: np.ndarray
     fc7_neighbour_agreement: float
     num_queries: int
@@ -142,11 +138,9 @@ def figure4(model: keras.Model, data: pipeline.DataConfig, image_size: int, *,
         features=fc7.query_features[embedded], labels=labels[embedded],
         predicted=np.argmax(fc7.probabilities[embedded], axis=-1), indices=np.asarray(embedded, np.int64),
         thumbnails=np.stack([_resized(val_images[i], SPRITE_TILE) for i in embedded]), class_names=names)
-    shown_predictions = (np.stack([val_images[i] for i in predicted]), fc7.probabilities[predicted],
-                         labels[predicted], names)
     return Figure4(
-        predictions=predictions_figure(*shown_predictions),
-        predictions_grid=predictions_figure(*shown_predictions, columns=GRID_COLUMNS),
+        predictions=predictions_figure(np.stack([val_images[i] for i in predicted]), fc7.probabilities[predicted],
+                                       labels[predicted], names),
         neighbours=neighbours_figure(np.stack([val_images[q] for q in queried]),
                                      np.stack([[train_images[int(i)] for i in neighbours[q]] for q in queried])),
         fc7_neighbour_agreement=fc7.agreement, num_queries=len(labels), num_train_images=len(fc7.pool_labels),
@@ -267,32 +261,37 @@ def spread_indices(labels: np.ndarray, count: int) -> list[int]:
 
 
 def predictions_figure(images: np.ndarray, probabilities: np.ndarray, labels: np.ndarray,
-                       names: Sequence[str], columns: int | None = None) -> np.ndarray:
+                       names: Sequence[str]) -> np.ndarray:
     """Figure 4 (left): each image over its correct label and its top-5 labels as bars, the correct one red.
 
     Args:
       images: uint8 [N, S, S, 3] as people see them; probabilities: [N, classes]; labels: int [N];
-      names: a display name per class; columns: images per row (default all N in one row, as the paper).
-    Returns: uint8 RGB [rows * row height, columns * column width, 3].
+      names: a display name per class.
+    Returns: uint8 RGB [height, N * PREDICTION_COLUMN, 3].
     """
-    columns = columns or len(images)
-    column, line = TILE + 40, 16
+    column, line = PREDICTION_COLUMN, 16
     height = TILE + line * (TOP_K[-1] + 2) + 8
-    rows = -(-len(images) // columns)
-    canvas = Image.new("RGB", (column * columns, height * rows), _BACKGROUND)
+    canvas = Image.new("RGB", (column * len(images), height), _BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     for i, (image, p, label) in enumerate(zip(images, probabilities, labels)):
-        left, base = (i % columns) * column + 20, (i // columns) * height
-        canvas.paste(_tile(image), (left, base))
-        draw.text((left, base + TILE + 2), _fit(names[label], TILE), fill=_TEXT, font=_FONT)
+        left = i * column + 20
+        canvas.paste(_tile(image), (left, 0))
+        draw.text((left, TILE + 2), _fit(names[label], TILE), fill=_TEXT, font=_FONT)
         for rank, cls in enumerate(np.argsort(-p, kind="stable")[:TOP_K[-1]]):
-            top = base + TILE + line * (rank + 1) + 6
+            top = TILE + line * (rank + 1) + 6
             width = max(1, int(round(float(p[cls]) * TILE)))
             colour = _CORRECT if cls == label else _OTHER
             draw.rectangle([left, top, left + width, top + line - 3], fill=colour)
             draw.text((left + 2, top - 1), _fit(names[cls], TILE - 4), fill=_TEXT if width < TILE // 2 else
                       _BACKGROUND, font=_FONT)
     return np.asarray(canvas)
+
+
+def prediction_columns(predictions: np.ndarray) -> np.ndarray:
+    """The columns of `predictions_figure`'s panel, one image each: uint8 [N, height, PREDICTION_COLUMN, 3]. In
+    TensorBoard they are the samples of one image tag, each shown near its own size (a card fits the whole panel,
+    1,344 pixels wide for eight images, into about 300, where its labels cannot be read)."""
+    return np.stack(np.split(predictions, predictions.shape[1] // PREDICTION_COLUMN, axis=1))
 
 
 def neighbours_figure(queries: np.ndarray, neighbour_images: np.ndarray) -> np.ndarray:

@@ -110,7 +110,8 @@ def write_figure4(log_dir: str, figure: Figure4, step: int) -> dict[str, Any]:
     fc7 embedding to the projector in that run's folder. Returns `write_projector`'s paths."""
     writer = _figures_writer(log_dir)
     with writer.as_default(step=step):
-        tf.summary.image("figures/predictions", figure.predictions_grid[np.newaxis],
+        columns = figure4_lib.prediction_columns(figure.predictions)
+        tf.summary.image("figures/predictions", columns, max_outputs=len(columns),
                          description=_PREDICTIONS_DESCRIPTION)
         tf.summary.image("figures/neighbours", figure.neighbours[np.newaxis], description=_NEIGHBOURS_DESCRIPTION)
         _agreement_summary(figure.fc7_neighbour_agreement)
@@ -164,7 +165,7 @@ def write_results_text(log_dir: str, results: dict[str, Any], step: int) -> None
 
 _AGREEMENT_DESCRIPTION = ("Over the validation images, the fraction of their six nearest training images in fc7's "
                           "feature space (Euclidean) that share their class; step 0: the initial weights.")
-_PREDICTIONS_DESCRIPTION = ("Figure 4 (left): validation images with their five most probable labels; the correct "
-                            "label is written under each image, its bar red.")
+_PREDICTIONS_DESCRIPTION = ("Figure 4 (left): validation images with their five most probable labels, one a sample; "
+                            "the correct label is written under each image, its bar red.")
 _NEIGHBOURS_DESCRIPTION = ("Figure 4 (right): validation images (first column) and the six training images nearest "
                            "to each in fc7's feature space (Euclidean).")

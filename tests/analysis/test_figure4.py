@@ -123,13 +123,11 @@ def test_figure4_of_the_colour_classifier(colours_dataset, tmp_path):
     assert sorted(zip(embedding.labels, embedding.predicted)) == sorted(cc.VALIDATION)  # (label, colour) pairs.
     assert embedding.thumbnails.shape == (8, figure4.SPRITE_TILE, figure4.SPRITE_TILE, 3)
     np.testing.assert_allclose(embedding.thumbnails[:, 16, 16], cc.PROTOTYPES[embedding.predicted], atol=3)
-    # TensorBoard's predictions panel: the same eight columns, GRID_COLUMNS (2) a row.
-    height, width = figure.predictions.shape[:2]
-    column = width // figure4.PREDICTION_IMAGES
-    assert figure.predictions_grid.shape == (4 * height, 2 * column, 3)
-    for row in range(4):
-        np.testing.assert_array_equal(figure.predictions_grid[row * height:(row + 1) * height],
-                                      figure.predictions[:, 2 * row * column:2 * (row + 1) * column])
+    # TensorBoard's predictions: the panel's eight columns, one image each.
+    columns = figure4.prediction_columns(figure.predictions)
+    assert columns.shape == (8, figure.predictions.shape[0], figure4.PREDICTION_COLUMN, 3)
+    np.testing.assert_array_equal(columns[2], figure.predictions[:, 2 * figure4.PREDICTION_COLUMN:
+                                                                  3 * figure4.PREDICTION_COLUMN])
     assert figure4.fc7_neighbour_agreement(model, data, cc.IMAGE_SIZE, batch_size=5) == pytest.approx(6 / 8)
 
 
