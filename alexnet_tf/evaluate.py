@@ -22,7 +22,8 @@ own file), or in --model_dir instead for a `.npy` file when --model_dir is given
 
 With --figures=DIR, Figure 4 of the paper (section 6.1) is written to DIR (`alexnet_tf.analysis.figure4`), and the JSON
 gains `fc7_neighbour_agreement`: over the whole validation set, the fraction of each image's six nearest
-training images (fc7 features, Euclidean) that share its class.
+training images (fc7 features, Euclidean) that share its class. DIR also holds the fc7 features of up to 2,000
+validation images for TensorBoard's projector (`tensorboard --logdir DIR`, tab Projector; docs/tensorboard.md).
 
 The binary has the shape of train.py: `define_flags`, `run(flags, datasets_override)`, which tests call
 in-process with tiny data sets, and `main`.
@@ -44,6 +45,7 @@ from alexnet_tf.analysis import figure4
 from alexnet_tf.data import pipeline, records
 from alexnet_tf.model import alexnet, loading, presets
 from alexnet_tf.metrics import TOP_K, TopKError
+from alexnet_tf.training import run_summaries
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -56,8 +58,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer("batch_size", 128, "Images per evaluation step.", lower_bound=1, flag_values=fv)
     flags.DEFINE_string("figures", None, "Also write Figure 4 to this folder: predictions.png (eight validation images "
                         "and their top-5 labels) and neighbours.png (five validation images and their six nearest "
-                        "training images in fc7's feature space), of the first model; adds fc7_neighbour_agreement "
-                        "to the JSON.", flag_values=fv)
+                        "training images in fc7's feature space), of the first model, and the fc7 features of the "
+                        "validation images for TensorBoard's projector (tensorboard --logdir DIR); adds "
+                        "fc7_neighbour_agreement to the JSON.", flag_values=fv)
     flags.DEFINE_string("model_dir", None, "Where the JSON of a .npy model's evaluation goes (default: beside it).",
                         flag_values=fv)
     flags.adopt_module_key_flags(cli, flag_values=fv)
@@ -139,6 +142,7 @@ def run(flags_obj: flags.FlagValues, datasets_override: tf.data.Dataset | None =
             raise errors.ConfigError("--figures needs --data_dir's training and validation splits")
         figure = figure4.figure4(models[0], data, image_size, source=source)
         results.update(figure4.write_figure4(figure, flags_obj.figures))
+        results.update(run_summaries.write_projector(flags_obj.figures, figure.embedding))
     results.update(models=paths, ten_crop=flags_obj.ten_crop, data_dir=data.data_dir, split=records.VALIDATION,
                    image_size=image_size, mean=data.mean, mean_rgb=data.mean_rgb, channel_order=data.channel_order)
     path = results_path(flags_obj, paths)

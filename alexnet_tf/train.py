@@ -92,6 +92,12 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_boolean("freeze_conv", False, "With --pretrained, train only the fully connected layers.",
                          flag_values=fv)
     flags.DEFINE_string("export_dir", None, "Where the SavedModel goes; default MODEL_DIR/export.", flag_values=fv)
+    # TensorBoard (docs/tensorboard.md).
+    flags.DEFINE_integer("histogram_freq", TrainConfig.histogram_freq, "Epochs between two TensorBoard histograms "
+                         "of the weights and sparsities of the ReLU outputs (0: none).", lower_bound=0, flag_values=fv)
+    flags.DEFINE_list("profile_steps", TrainConfig.profile_steps, "START,END: trace these batches (1-based, from the "
+                      "start of this command) with TensorFlow's profiler, for TensorBoard's Profile tab.",
+                      flag_values=fv)
     flags.adopt_module_key_flags(cli, flag_values=fv)
 
 
@@ -114,7 +120,19 @@ def config_from_flags(fv: flags.FlagValues) -> TrainConfig:
         strategy=fv.strategy, tower_devices=tuple(fv.tower_devices), cluster_timeout=fv.cluster_timeout,
         dtype_policy=fv.dtype_policy, xla=fv.xla, seed=fv.seed, deterministic=fv.deterministic,
         keep_checkpoints=fv.keep_checkpoints, demo=fv.demo, pretrained=fv.pretrained, freeze_conv=fv.freeze_conv,
-        export_dir=fv.export_dir, classes_from_data=fv.num_classes is None)
+        export_dir=fv.export_dir, classes_from_data=fv.num_classes is None, histogram_freq=fv.histogram_freq,
+        profile_steps=profile_steps(fv.profile_steps))
+
+
+def profile_steps(values: list[str] | None) -> tuple[int, ...] | None:
+    """--profile_steps as integers (TrainConfig checks them); a ConfigError for what is not an integer."""
+    if not values:
+        return None
+    try:
+        return tuple(int(value) for value in values)
+    except ValueError:
+        raise errors.ConfigError(f"--profile_steps={','.join(values)}: give START,END, two batch numbers (e.g. "
+                                 "10,15)") from None
 
 
 def pretrained_architecture(fv: flags.FlagValues) -> AlexNetConfig:
@@ -250,7 +268,9 @@ def build(config: TrainConfig, strategy_override: tf.distribute.Strategy | None 
             compile_model(model, config)
         # A resumed run given another --learning_rate continues at it (e.g. a lower one after a divergence).
         learning_rate = changed.get("learning_rate", (None, None))[1]
-        callbacks = callbacks_lib.make_callbacks(config, chief, learning_rate)
+        callbacks = callbacks_lib.make_callbacks(config, chief, learning_rate,
+                                                 element_spec=datasets.train.element_spec,
+                                                 validation=datasets.validation, source=datasets.source)
     except BaseException:
         lock.release()
         raise
@@ -358,6 +378,7 @@ def finish(trainer: Trainer) -> dict[str, Any]:
         validated = config.data if trainer.datasets.validation is not None and config.data.data_dir else None
         results.update(results_lib.write_final_figures(trainer.model, config.model_dir, validated, config.epochs,
                                                        source=source))
+        results_lib.write_results_text(config.model_dir, results, config.epochs)
         export_dir = config.export_dir or files.join(config.model_dir, model_dir_lib.EXPORT)
         results["export_dir"] = serving.export_model(trainer.model, config.data, export_dir,
                                                      source=source)["export_dir"]

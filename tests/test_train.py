@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorboard.util import tensor_util
 
 from alexnet_tf import errors, train
 from tests import tiny_data
@@ -31,7 +32,8 @@ def two_epoch_run(data_dir, tmp_path_factory):
         if strategy not in finished:
             model_dir = str(tmp_path_factory.mktemp(strategy) / "model")
             flag_values = flag_parser(train)(*TINY, f"--data_dir={data_dir}", f"--model_dir={model_dir}",
-                                             "--epochs=2", f"--strategy={strategy}", "--tower_devices=/CPU:0,/CPU:1")
+                                             "--epochs=2", f"--strategy={strategy}", "--tower_devices=/CPU:0,/CPU:1",
+                                             "--profile_steps=2,3")
             finished[strategy] = model_dir, train.run(flag_values)
         return finished[strategy]
 
@@ -49,8 +51,9 @@ def test_run_trains_and_writes_results(two_epoch_run, strategy):
         assert results[key] is not None and np.isfinite(results[key]), key
     assert 0.0 <= results["val_top1_error"] <= 1.0
     assert results["checkpoint"].endswith("epoch_002.keras") and os.path.exists(results["checkpoint"])
-    assert sorted(os.listdir(os.path.join(model_dir, "logs"))) == ["conv1", "figures", "schedule", "train",
-                                                                    "validation"]
+    logs = os.path.join(model_dir, "logs")
+    assert sorted(name for name in os.listdir(logs) if os.path.isdir(os.path.join(logs, name))) == [
+        "conv1", "figures", "schedule", "train", "validation", "weights"]
     assert results["conv1_png"] == os.path.join(model_dir, "conv1.png") and os.path.exists(results["conv1_png"])
     for key in ("conv1_gabor_fraction", "conv1_oriented_fraction", "fc7_neighbour_agreement"):
         assert 0.0 <= results[key] <= 1.0, key
@@ -77,6 +80,56 @@ def test_tensorboard_scalars_of_a_run(two_epoch_run):
             "filters/conv1_colour_specificity_b", "filters/conv1"} <= set(runs["conv1"]["tensors"])
     assert "schedule/learning_rate_by_batch" in runs["schedule"]["tensors"]
     assert {"figures/predictions", "figures/neighbours"} <= set(runs["figures"]["tensors"])
+
+
+@pytest.mark.slow
+def test_every_tensorboard_plugin_has_the_run(two_epoch_run):
+    """What each of TensorBoard's tabs reads from a --strategy=towers run, through TensorBoard's own readers."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator, HISTOGRAMS, TENSORS
+    from tensorboard.plugins.hparams import metadata as hparams_metadata
+    from tensorboard.plugins.projector import ProjectorConfig
+    from google.protobuf import text_format
+
+    model_dir, results = two_epoch_run("towers")
+    logs = pathlib.Path(model_dir) / "logs"
+
+    def events(run):
+        accumulator = EventAccumulator(str(logs / run), size_guidance={TENSORS: 0, HISTOGRAMS: 0})
+        accumulator.Reload()
+        return accumulator
+
+    # Graphs: the train step's ops on both tower devices, and the conceptual graph.
+    train_run = events("train")
+    devices = {node.device for node in train_run.Graph().node if node.op == "Conv2D"}
+    assert devices == {"/device:CPU:0", "/device:CPU:1"}
+    assert "keras" in train_run.Tags()["tensors"]
+    # HParams: the session of MODEL_DIR with its settings, in the log folder above the runs holding its metrics.
+    root = events(".")
+    session = hparams_metadata.parse_session_start_info_plugin_data(
+        root.SummaryMetadata(hparams_metadata.SESSION_START_INFO_TAG).plugin_data.content)
+    assert session.group_name == model_dir and session.hparams["strategy"].string_value == "towers"
+    assert session.hparams["architecture.width"].number_value == 0.0625
+    # The results table (Text) and the metrics: the fc7 agreement before training (step 0) and after (step 2).
+    assert [e.step for e in root.Tensors("results")] == [2]
+    agreement = events("figures").Tensors("figures/fc7_neighbour_agreement")
+    assert [e.step for e in agreement] == [0, 2]
+    assert float(tensor_util.make_ndarray(agreement[-1].tensor_proto)) == pytest.approx(
+        results["fc7_neighbour_agreement"])
+    # Histograms: every layer's kernel and bias at steps 0, 1, 2; the sparsity of the 12 ReLU layers.
+    weights = events("weights").Tags()["tensors"]
+    layers = [f"conv{i}{t}" for i in range(1, 6) for t in "ab"] + ["fc6", "fc7"]
+    assert {f"weights/{layer}/{w}" for layer in layers + ["fc8"] for w in ("kernel", "bias")} <= set(weights)
+    assert {f"sparsity/{layer}" for layer in layers} == {tag for tag in weights if tag.startswith("sparsity/")}
+    assert [e.step for e in events("weights").Tensors("weights/fc6/kernel")] == [0, 1, 2]
+    # Projector: the fc7 features of the 16 validation images, their labels and their sprite.
+    config = text_format.Parse((logs / "figures" / "projector_config.pbtxt").read_text(), ProjectorConfig())
+    [embedding] = config.embeddings
+    assert (embedding.metadata_path, embedding.sprite.image_path) == ("fc7_metadata.tsv", "fc7_sprite.png")
+    reader = tf.train.load_checkpoint(str(logs / "figures"))
+    assert reader.get_variable_to_shape_map()[embedding.tensor_name] == [16, 256]
+    assert len((logs / "figures" / "fc7_metadata.tsv").read_text().splitlines()) == 17
+    # Profile: the trace of batches 2 and 3.
+    assert len(list((logs / "train").glob("plugins/profile/*/*.xplane.pb"))) == 1
 
 
 @pytest.mark.slow

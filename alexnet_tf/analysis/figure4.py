@@ -13,12 +13,14 @@ with the smallest Euclidean distance from the feature vector for the test image.
   the feature space groups images by class (1/num_classes for unrelated features, 1 for a perfect one).
 - `predictions_figure`, `neighbours_figure`: the two panels as RGB arrays, images shown as people see them (the
   mean added back and the channel order undone: the caller passes display images decoded without either).
+- `Embedding`: the same fc7 features of up to EMBEDDED_IMAGES validation images, with their labels, predictions and
+  thumbnails (`sprite_image` lays them out), for TensorBoard's projector: section 6.1's space, explored by hand.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
@@ -37,52 +39,112 @@ TILE = 128  # Pixels of each image in the figures.
 # Training images whose features are searched: ImageNet's 1.28 million at 4096 floats would need 21 GB, so a
 # sample (prepared shards are shuffled, so the first images are a random sample). The demo's 3,000 all fit.
 MAX_TRAIN_IMAGES = 20_000
+# Validation images whose fc7 features go to the projector: two of each ImageNet class (spread_indices), 32 MB of
+# float32 features at the paper's width; the demo's 500 all fit.
+EMBEDDED_IMAGES = 2_000
+SPRITE_TILE = 32  # Pixels of each thumbnail in the projector's sprite.
+PREDICTION_COLUMN = TILE + 40  # Pixels of each image's column in the predictions panel.
 _FONT = ImageFont.load_default(size=13)
 _CORRECT, _OTHER, _TEXT, _BACKGROUND = (200, 30, 30), (70, 110, 190), (20, 20, 20), (255, 255, 255)
 
 
 @dataclasses.dataclass
+class Embedding:
+    """fc7 features of validation images for the projector: row i is validation image `indices[i]`.
+
+    features float32 [n, units]; labels, predicted int [n] (class indices; predicted is the top-1 class);
+    thumbnails uint8 [n, SPRITE_TILE, SPRITE_TILE, 3] as people see the images; class_names a name per class.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    predicted: np.ndarray
+    thumbnails: np.ndarray
+    indices: np.ndarray
+    class_names: list[str]
+
+
+@dataclasses.dataclass
 class Figure4:
-    """Both panels (uint8 RGB arrays) and the agreement of the validation images' fc7 neighbours."""
+    """Both panels (uint8 RGB arrays), the agreement of the validation images' fc7 neighbours, and the fc7
+    embedding of (a class-balanced sample of) the validation images."""
 
     predictions: np.ndarray
     neighbours: np.ndarray
     fc7_neighbour_agreement: float
     num_queries: int
     num_train_images: int
+    embedding: Embedding
+
+
+@dataclasses.dataclass
+class _Fc7:
+    """fc7 features of the validation split (queries) and of the training pool, and the neighbours between them."""
+
+    query_features: np.ndarray
+    probabilities: np.ndarray
+    query_labels: np.ndarray
+    pool_labels: np.ndarray
+    neighbours: np.ndarray
+
+    @property
+    def agreement(self) -> float:
+        return neighbour_agreement(self.neighbours, self.query_labels, self.pool_labels)
+
+
+def _fc7_of_splits(model: keras.Model, data: pipeline.DataConfig, image_size: int, max_train_images: int,
+                   batch_size: int, source: sources.Source) -> _Fc7:
+    val = pipeline.make_eval_dataset(data, batch_size, image_size, source=source)
+    train = pipeline.make_eval_dataset(data, batch_size, image_size, split=records.TRAIN, source=source)
+    train = train.unbatch().take(max_train_images).batch(batch_size)
+    predict = fc7_predict(model)  # Traced once for both splits.
+    query_features, probabilities, query_labels = fc7_features(predict, val)
+    pool_features, _, pool_labels = fc7_features(predict, train)
+    return _Fc7(query_features, probabilities, query_labels, pool_labels,
+                nearest_neighbours(query_features, pool_features))
+
+
+def fc7_neighbour_agreement(model: keras.Model, data: pipeline.DataConfig, image_size: int, *,
+                            max_train_images: int = MAX_TRAIN_IMAGES, batch_size: int = 64,
+                            source: sources.Source | None = None) -> float:
+    """Figure 4's `fc7_neighbour_agreement` alone, without drawing anything (e.g. of the initial weights)."""
+    return _fc7_of_splits(model, data, image_size, max_train_images, batch_size, source or data.source()).agreement
 
 
 def figure4(model: keras.Model, data: pipeline.DataConfig, image_size: int, *,
             max_train_images: int = MAX_TRAIN_IMAGES, batch_size: int = 64,
-            source: sources.Source | None = None) -> Figure4:
+            source: sources.Source | None = None, embedded_images: int = EMBEDDED_IMAGES) -> Figure4:
     """Figure 4 for `model` on `data`'s validation split (queries) and training split (the neighbour pool),
-    centre crops as evaluation takes them; the agreement is over the whole validation split. `source`: `data`'s
-    data set, already opened (None opens it)."""
+    centre crops as evaluation takes them; the agreement is over the whole validation split; the embedding holds
+    `embedded_images` validation images spread over the classes (all of them if there are fewer). `source`:
+    `data`'s data set, already opened (None opens it)."""
     source = source or data.source()
-    val = pipeline.make_eval_dataset(data, batch_size, image_size, source=source)
-    train = pipeline.make_eval_dataset(data, batch_size, image_size, split=records.TRAIN, source=source)
-    train = train.unbatch().take(max_train_images).batch(batch_size)
-    query_features, probabilities, query_labels = fc7_features(model, val)
-    pool_features, _, pool_labels = fc7_features(model, train)
-    neighbours = nearest_neighbours(query_features, pool_features)
+    fc7 = _fc7_of_splits(model, data, image_size, max_train_images, batch_size, source)
+    labels, neighbours = fc7.query_labels, fc7.neighbours
     names = source.class_names()
     # As people see them: the stored image's centre crop, no mean subtracted, in RGB.
     shown = dataclasses.replace(data, mean="none", mean_rgb=None, channel_order="RGB")
-    predicted = spread_indices(query_labels, PREDICTION_IMAGES)
-    queried = spread_indices(query_labels, NEIGHBOUR_QUERIES)
-    val_images = _images_at(pipeline.make_eval_dataset(shown, batch_size, image_size, source=source),
-                           set(predicted + queried))
-    wanted = {int(i) for q in queried for i in neighbours[q]}
+    predicted = spread_indices(labels, PREDICTION_IMAGES)
+    queried = spread_indices(labels, NEIGHBOUR_QUERIES)
+    embedded = sorted(spread_indices(labels, embedded_images))
+    # One pass over the validation images: the figures' at TILE pixels, the others only as thumbnails.
+    sizes = {**{i: SPRITE_TILE for i in embedded}, **{i: TILE for i in predicted + queried}}
+    val_images = _images_at(pipeline.make_eval_dataset(shown, batch_size, image_size, source=source), sizes)
+    wanted = {int(i): TILE for q in queried for i in neighbours[q]}
     train_images = _images_at(pipeline.make_eval_dataset(shown, batch_size, image_size, split=records.TRAIN,
                                                         source=source),
                               wanted, limit=max_train_images)
+    embedding = Embedding(
+        features=fc7.query_features[embedded], labels=labels[embedded],
+        predicted=np.argmax(fc7.probabilities[embedded], axis=-1), indices=np.asarray(embedded, np.int64),
+        thumbnails=np.stack([_resized(val_images[i], SPRITE_TILE) for i in embedded]), class_names=names)
     return Figure4(
-        predictions=predictions_figure(np.stack([val_images[i] for i in predicted]), probabilities[predicted],
-                                       query_labels[predicted], names),
+        predictions=predictions_figure(np.stack([val_images[i] for i in predicted]), fc7.probabilities[predicted],
+                                       labels[predicted], names),
         neighbours=neighbours_figure(np.stack([val_images[q] for q in queried]),
                                      np.stack([[train_images[int(i)] for i in neighbours[q]] for q in queried])),
-        fc7_neighbour_agreement=neighbour_agreement(neighbours, query_labels, pool_labels),
-        num_queries=len(query_labels), num_train_images=len(pool_labels))
+        fc7_neighbour_agreement=fc7.agreement, num_queries=len(labels), num_train_images=len(fc7.pool_labels),
+        embedding=embedding)
 
 
 def write_figure4(figure: Figure4, directory: str) -> dict[str, Any]:
@@ -94,17 +156,44 @@ def write_figure4(figure: Figure4, directory: str) -> dict[str, Any]:
             "fc7_neighbour_pool": figure.num_train_images}
 
 
-def _images_at(dataset: tf.data.Dataset, indices: set[int], limit: int | None = None) -> dict[int, np.ndarray]:
-    """{index: uint8 image} of the dataset's images (in order) at `indices`."""
+def _images_at(dataset: tf.data.Dataset, sizes: dict[int, int], limit: int | None = None) -> dict[int, np.ndarray]:
+    """{index: uint8 image resized to sizes[index] pixels square} of the dataset's images (in order) at the indices
+    of `sizes`."""
     found, offset = {}, 0
     for images, _ in dataset:
         for i in range(images.shape[0]):
-            if offset + i in indices:
-                found[offset + i] = np.clip(np.rint(images[i].numpy()), 0, 255).astype(np.uint8)
+            if offset + i in sizes:
+                image = np.clip(np.rint(images[i].numpy()), 0, 255).astype(np.uint8)
+                found[offset + i] = _resized(image, sizes[offset + i])
         offset += images.shape[0]
-        if len(found) == len(indices) or (limit is not None and offset >= limit):
+        if len(found) == len(sizes) or (limit is not None and offset >= limit):
             break
     return found
+
+
+def _resized(image: np.ndarray, size: int) -> np.ndarray:
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def sprite_image(thumbnails: np.ndarray) -> np.ndarray:
+    """The projector's sprite: thumbnails uint8 [n, t, t, 3] row by row in a square grid of ceil(sqrt(n)) columns,
+    white where the grid has no image; uint8 [rows * t, columns * t, 3]."""
+    n, tile = len(thumbnails), thumbnails.shape[1]
+    columns = int(np.ceil(np.sqrt(n)))
+    rows = -(-n // columns)
+    sprite = np.full((rows * tile, columns * tile, 3), 255, np.uint8)
+    for i, thumbnail in enumerate(thumbnails):
+        row, column = divmod(i, columns)
+        sprite[row * tile:(row + 1) * tile, column * tile:(column + 1) * tile] = thumbnail
+    return sprite
+
+
+def fc7_predict(model: keras.Model) -> Callable:
+    """images -> (fc7 features, logits), `fc7_model` in inference mode as one tf.function."""
+    both = fc7_model(model)
+    return tf.function(lambda images: both(images, training=False), reduce_retracing=True)
 
 
 def fc7_model(model: keras.Model) -> keras.Model:
@@ -112,11 +201,12 @@ def fc7_model(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, [model.get_layer("fc7").output, model.outputs[0]], name="fc7_and_logits")
 
 
-def fc7_features(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fc7_features(model: keras.Model | Callable, dataset: tf.data.Dataset
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(features float32 [N, units], probabilities float32 [N, classes], labels int [N]) over `dataset`'s
-    (images, labels) batches."""
-    both = fc7_model(model)
-    predict = tf.function(lambda images: both(images, training=False), reduce_retracing=True)
+    (images, labels) batches. `model`: an AlexNet, or `fc7_predict(model)` (one traced function for several data
+    sets)."""
+    predict = fc7_predict(model) if isinstance(model, keras.Model) else model
     features, probabilities, labels = [], [], []
     for images, batch_labels in dataset:
         fc7, logits = predict(images)
@@ -177,9 +267,9 @@ def predictions_figure(images: np.ndarray, probabilities: np.ndarray, labels: np
     Args:
       images: uint8 [N, S, S, 3] as people see them; probabilities: [N, classes]; labels: int [N];
       names: a display name per class.
-    Returns: uint8 RGB [height, N * column width, 3].
+    Returns: uint8 RGB [height, N * PREDICTION_COLUMN, 3].
     """
-    column, line = TILE + 40, 16
+    column, line = PREDICTION_COLUMN, 16
     height = TILE + line * (TOP_K[-1] + 2) + 8
     canvas = Image.new("RGB", (column * len(images), height), _BACKGROUND)
     draw = ImageDraw.Draw(canvas)
@@ -195,6 +285,13 @@ def predictions_figure(images: np.ndarray, probabilities: np.ndarray, labels: np
             draw.text((left + 2, top - 1), _fit(names[cls], TILE - 4), fill=_TEXT if width < TILE // 2 else
                       _BACKGROUND, font=_FONT)
     return np.asarray(canvas)
+
+
+def prediction_columns(predictions: np.ndarray) -> np.ndarray:
+    """The columns of `predictions_figure`'s panel, one image each: uint8 [N, height, PREDICTION_COLUMN, 3]. In
+    TensorBoard they are the samples of one image tag, each shown near its own size (a card fits the whole panel,
+    1,344 pixels wide for eight images, into about 300, where its labels cannot be read)."""
+    return np.stack(np.split(predictions, predictions.shape[1] // PREDICTION_COLUMN, axis=1))
 
 
 def neighbours_figure(queries: np.ndarray, neighbour_images: np.ndarray) -> np.ndarray:

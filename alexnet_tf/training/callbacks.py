@@ -7,7 +7,7 @@
   latest cannot be read;
 - `EpochHistory`: every finished epoch's logs, which results.json reads;
 and, from their own modules, the plateau schedule (`schedule.py`), the preemption guard (`preemption.py`) and the
-TensorBoard callbacks (`tensorboard.py`).
+TensorBoard callbacks (`tensorboard.py`, `run_summaries.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import math
 import sys
 import time
+from typing import Any
 
 import keras
 import numpy as np
@@ -24,8 +25,9 @@ import tensorflow as tf
 from absl import logging
 
 from alexnet_tf import files, model_dir as model_dir_lib
+from alexnet_tf.data import sources
 from alexnet_tf.errors import ConfigError, TrainingError
-from alexnet_tf.training import tensorboard
+from alexnet_tf.training import run_summaries, tensorboard
 from alexnet_tf.training.config import TrainConfig
 from alexnet_tf.training.preemption import PreemptionGuard
 from alexnet_tf.training.schedule import PlateauSchedule
@@ -44,9 +46,15 @@ class RunCallbacks:
     preemption: PreemptionGuard
 
 
-def make_callbacks(config: TrainConfig, chief: bool, learning_rate_override: float | None = None) -> RunCallbacks:
+def make_callbacks(config: TrainConfig, chief: bool, learning_rate_override: float | None = None, *,
+                   element_spec: Any = None, validation: tf.data.Dataset | None = None,
+                   source: sources.Source | None = None) -> RunCallbacks:
     """The callbacks of `model.fit`, in the order that keeps MODEL_DIR consistent after a kill at any point.
-    `learning_rate_override`: see `PlateauSchedule`."""
+
+    `learning_rate_override`: see `PlateauSchedule`. For TensorBoard: `element_spec`, the training batches' spec
+    (the train step's graph is traced with it; None: no graph); `validation`, the validation batches (the ReLU
+    sparsity is measured on their first images); `source`, the data set of `config.data` (with `validation`: the
+    fc7 neighbour agreement of the initial weights)."""
     backup_dir = files.join(config.model_dir, model_dir_lib.BACKUP)
     checkpoint_dir = files.join(config.model_dir, model_dir_lib.CHECKPOINTS)
     log_dir = files.join(config.model_dir, model_dir_lib.LOGS)
@@ -69,9 +77,21 @@ def make_callbacks(config: TrainConfig, chief: bool, learning_rate_override: flo
         callbacks.append(EpochCheckpoints(checkpoint_dir, config.keep_checkpoints))
     callbacks.append(backup)
     if chief:
-        callbacks += [tensorboard.EpochTensorBoard(log_dir, update_freq="epoch"),
+        # Not on a cluster: tracing the step once more on the chief alone would give its collective operations
+        # other keys than the workers'.
+        graph_spec = element_spec if config.strategy != "multi_worker" else None
+        callbacks += [tensorboard.EpochTensorBoard(log_dir, graph_spec, update_freq="epoch"),
                       tensorboard.LearningRateSteps(log_dir),
-                      tensorboard.Conv1Summaries(log_dir, towers=config.architecture.towers)]
+                      tensorboard.Conv1Summaries(log_dir, towers=config.architecture.towers),
+                      run_summaries.HParamsSummary(log_dir, config)]
+        if config.histogram_freq:
+            callbacks.append(tensorboard.WeightHistograms(log_dir, config.histogram_freq, validation))
+        if config.profile_steps:
+            callbacks.append(tensorboard.ProfileSteps(files.join(log_dir, run_summaries.TRAIN_RUN),
+                                                      *config.profile_steps))
+        if validation is not None and source is not None and config.data.data_dir:
+            callbacks.append(run_summaries.Fc7AgreementAtStart(log_dir, config.data, source,
+                                                               config.architecture.image_size))
     return RunCallbacks(callbacks, history, schedule, preemption)
 
 

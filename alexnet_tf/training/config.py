@@ -48,6 +48,10 @@ class TrainConfig:
     freeze_conv: bool = False
     export_dir: str | None = None
     classes_from_data: bool = True
+    # TensorBoard (alexnet_tf.training.tensorboard): epochs between weight histograms (0: none), and the batches
+    # (first, last; 1-based) that TensorFlow's profiler traces (None: none).
+    histogram_freq: int = 1
+    profile_steps: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -70,6 +74,13 @@ class TrainConfig:
                 tf.DeviceSpec.from_string(device)
             except ValueError:
                 raise ConfigError(f"--tower_devices: {device!r} is not a device (e.g. /GPU:0, /CPU:0)") from None
+        if self.histogram_freq < 0:
+            raise ConfigError(f"--histogram_freq={self.histogram_freq}: give the epochs between histograms, or 0 for "
+                              "none")
+        if self.profile_steps is not None and (len(self.profile_steps) != 2
+                                               or not 1 <= self.profile_steps[0] <= self.profile_steps[1]):
+            raise ConfigError(f"--profile_steps={','.join(map(str, self.profile_steps))}: give START,END, the first "
+                              "and last batch to trace, with 1 <= START <= END (e.g. 10,15)")
 
     def to_json(self) -> dict[str, Any]:
         """The whole config as plain JSON values, nested by part (MODEL_DIR/config.json)."""

@@ -1,4 +1,5 @@
-"""What a finished run leaves besides its checkpoints: results.json's numbers, conv1.png (Figure 3) and Figure 4."""
+"""What a finished run leaves besides its checkpoints: results.json's numbers, conv1.png (Figure 3) and Figure 4
+(PNG files and TensorBoard's images, projector and results table)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from alexnet_tf import files, model_dir as model_dir_lib
 from alexnet_tf.analysis import figure3, figure4, filter_measures
 from alexnet_tf.data import pipeline, sources
 from alexnet_tf.model import alexnet
-from alexnet_tf.training import tensorboard
+from alexnet_tf.training import run_summaries
 
 
 def run_results(epochs: int, history: Mapping[int, Mapping[str, float]], model_dir: str) -> dict[str, Any]:
@@ -39,7 +40,8 @@ def run_results(epochs: int, history: Mapping[int, Mapping[str, float]], model_d
 def write_final_figures(model: keras.Model, model_dir: str, data: pipeline.DataConfig | None, step: int,
                         source: sources.Source | None = None) -> dict[str, Any]:
     """conv1.png (Figure 3) and the conv1 measures; with a validation split in `data` (opened as `source`), Figure 4
-    to MODEL_DIR/figures and to TensorBoard at `step`. Returns the entries of results.json."""
+    to MODEL_DIR/figures and to TensorBoard at `step` (with the fc7 embedding for the projector). Returns the entries
+    of results.json."""
     architecture = alexnet.architecture_of(model)
     kernel = alexnet.conv1_kernel(model)
     results = {"conv1_png": files.write_png(figure3.figure3(kernel, architecture.towers),
@@ -49,5 +51,10 @@ def write_final_figures(model: keras.Model, model_dir: str, data: pipeline.DataC
         return results
     figure = figure4.figure4(model, data, architecture.image_size, source=source)
     results.update(figure4.write_figure4(figure, files.join(model_dir, model_dir_lib.FIGURES)))
-    tensorboard.write_figure4(files.join(model_dir, model_dir_lib.LOGS), figure, step)
+    results.update(run_summaries.write_figure4(files.join(model_dir, model_dir_lib.LOGS), figure, step))
     return results
+
+
+def write_results_text(model_dir: str, results: dict[str, Any], step: int) -> None:
+    """The final numbers of `results` as a table in TensorBoard's Text tab, at `step`."""
+    run_summaries.write_results_text(files.join(model_dir, model_dir_lib.LOGS), results, step)

@@ -113,6 +113,30 @@ def test_figure4_of_the_colour_classifier(colours_dataset, tmp_path):
         for column in range(1, figure4.NEIGHBOURS + 1):
             np.testing.assert_allclose(neighbours[row * step + 60, column * step + 8 + 60], query, atol=3)
     assert sorted(os.listdir(tmp_path / "figures")) == ["neighbours.png", "predictions.png"]
+    # The projector's embedding: every validation image (fewer than EMBEDDED_IMAGES), its fc7 features (its mean
+    # colour), its label, the class the model gives it (the two mislabelled red images: red) and its thumbnail.
+    embedding = figure.embedding
+    features, probabilities, labels = figure4.fc7_features(model, pipeline.make_eval_dataset(data, 5, cc.IMAGE_SIZE))
+    assert list(embedding.indices) == list(range(8)) and list(embedding.labels) == list(labels)
+    np.testing.assert_allclose(embedding.features, features, rtol=1e-6)
+    assert list(embedding.predicted) == list(np.argmax(probabilities, axis=-1))
+    assert sorted(zip(embedding.labels, embedding.predicted)) == sorted(cc.VALIDATION)  # (label, colour) pairs.
+    assert embedding.thumbnails.shape == (8, figure4.SPRITE_TILE, figure4.SPRITE_TILE, 3)
+    np.testing.assert_allclose(embedding.thumbnails[:, 16, 16], cc.PROTOTYPES[embedding.predicted], atol=3)
+    # TensorBoard's predictions: the panel's eight columns, one image each.
+    columns = figure4.prediction_columns(figure.predictions)
+    assert columns.shape == (8, figure.predictions.shape[0], figure4.PREDICTION_COLUMN, 3)
+    np.testing.assert_array_equal(columns[2], figure.predictions[:, 2 * figure4.PREDICTION_COLUMN:
+                                                                  3 * figure4.PREDICTION_COLUMN])
+    assert figure4.fc7_neighbour_agreement(model, data, cc.IMAGE_SIZE, batch_size=5) == pytest.approx(6 / 8)
+
+
+def test_sprite_lays_the_thumbnails_out_row_by_row_in_a_square_grid():
+    thumbnails = (np.arange(10)[:, None, None, None] * 20 + np.zeros((10, 4, 4, 3))).astype(np.uint8)
+    sprite = figure4.sprite_image(thumbnails)
+    assert sprite.shape == (3 * 4, 4 * 4, 3)  # ceil(sqrt(10)) = 4 columns, 3 rows.
+    assert [sprite[row * 4, column * 4, 0] for row in range(3) for column in range(4)] == [
+        0, 20, 40, 60, 80, 100, 120, 140, 160, 180, 255, 255]
 
 
 if __name__ == "__main__":
