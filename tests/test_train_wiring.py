@@ -155,8 +155,9 @@ def test_flags_that_deviate_from_the_paper_reach_their_objects(tmp_path, monkeyp
     config = train.config_from_flags(flag_values)
     monkeypatch.setattr(sources, "open_source", lambda data_dir, **kwargs: _Source())
     seen = {}
-    monkeypatch.setattr(pipeline, "make_train_dataset", lambda c, b, s, **k: seen.setdefault("data", c))
-    monkeypatch.setattr(pipeline, "make_eval_dataset", lambda c, b, s, **k: None)
+    batches = tf.data.Dataset.from_tensors((tf.zeros([1, 67, 67, 3]), tf.zeros([1], tf.int32)))
+    monkeypatch.setattr(pipeline, "make_train_dataset", lambda c, b, s, **k: seen.setdefault("data", c) and batches)
+    monkeypatch.setattr(pipeline, "make_eval_dataset", lambda c, b, s, **k: batches)
     trainer = train.build(config)
     optimizer, schedule, model_config = trainer.model.optimizer, trainer.callbacks.schedule, trainer.model.get_config()
     assert (float(optimizer.learning_rate), optimizer.momentum, optimizer.weight_decay_l2) == \

@@ -17,13 +17,14 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+from absl import logging
 import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
 from tensorboard.plugins import projector
 from tensorboard.plugins.hparams import api as hp
 
-from alexnet_tf import files
+from alexnet_tf import errors, files
 from alexnet_tf.analysis import figure4 as figure4_lib
 from alexnet_tf.analysis.figure4 import Embedding, Figure4
 from alexnet_tf.data import pipeline, sources
@@ -88,8 +89,13 @@ class Fc7AgreementAtStart(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         # As Conv1Summaries: a resumed fit knows its starting epoch (and has its weights back) only here.
         if self._first_epoch_of_fit and epoch == 0:
-            agreement = figure4_lib.fc7_neighbour_agreement(self.model, self.data, self.image_size,
-                                                            source=self.source)
+            try:
+                agreement = figure4_lib.fc7_neighbour_agreement(self.model, self.data, self.image_size,
+                                                                source=self.source)
+            except errors.DataError as error:  # No image could be read: the run's own checks say so, in one line.
+                logging.warning("No fc7 neighbour agreement at step 0: %s.", error)
+                self._first_epoch_of_fit = False
+                return
             writer = _figures_writer(self.log_dir)
             with writer.as_default(step=0):
                 _agreement_summary(agreement)

@@ -265,9 +265,12 @@ class WeightHistograms(keras.callbacks.Callback):
             if not relu:
                 self.images = None
                 return {}
+            first = list(self.images.unbatch().batch(SPARSITY_IMAGES).take(1))
+            if not first:  # No validation image could be read: the run stops at its first epoch's end.
+                self.images = None
+                return {}
             probe = keras.Model(self.model.inputs, [layer.output for layer in relu])
-            images = next(iter(self.images.unbatch().batch(SPARSITY_IMAGES).take(1)))[0]
-            self._probe = probe, [layer.name for layer in relu], images
+            self._probe = probe, [layer.name for layer in relu], first[0][0]
         probe, names, images = self._probe
         outputs = tf.nest.flatten(probe(images, training=False))  # A model of one output returns it alone.
         return {name: float(tf.math.zero_fraction(output)) for name, output in zip(names, outputs)}
