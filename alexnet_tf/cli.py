@@ -221,11 +221,15 @@ def run_main(program: str, run: Callable[[], Any], argv: list[str], on_error: Ca
     try:
         return run()
     except errors.AlexNetError as error:
-        print(f"{program}: error: {error}", file=sys.stderr)
-        code = error.exit_code
+        _exit(f"{program}: error: {error}", error.exit_code, on_error)
     except KeyboardInterrupt:  # A second Ctrl-C (the first is a preemption, training/preemption.py), or a tool's.
-        print(f"{program}: interrupted", file=sys.stderr)
-        code = 128 + signal.SIGINT
+        _exit(f"{program}: interrupted", 128 + signal.SIGINT, on_error)
+
+
+def _exit(line: str, code: int, on_error: Callable[[int], None] | None) -> None:
+    """Prints `line` and exits with `code`, `on_error(code)` first. Called within the `except` block: the error's
+    traceback still holds what TensorFlow's coordination agent would log again, at length, once it is freed."""
+    print(line, file=sys.stderr)
     if on_error is not None:
         quiet.release()
         on_error(code)
